@@ -1,0 +1,1 @@
+"""duratask: durable orchestrations in Python, self-hosted."""

@@ -1,0 +1,238 @@
+"""The event model: history events and orchestrator actions.
+
+These mirror the Durable Task protocol's ``HistoryEvent`` and ``OrchestratorAction`` messages
+(same kinds, same fields, snake_case names), so the gRPC edge maps them one to one
+(``duratask.protocol.convert``). They are immutable ``msgspec`` structs: the storage keeps them as
+compact JSON, tagged by class name.
+
+Payloads (``input``, ``result``, ``data``) are already-serialized JSON text, or ``None``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Union
+
+import msgspec
+
+from .models import OrchestrationRuntimeStatus, TaskFailureDetails
+
+
+class ParentInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """Who started a sub-orchestration, and under which task id of the parent."""
+
+    instance_id: str
+    name: str
+    task_scheduled_id: int
+    execution_id: str | None = None
+    version: str | None = None
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag=True, omit_defaults=True):
+    """Base of every history event. ``event_id`` is the task sequence number where it applies."""
+
+    timestamp: datetime
+    event_id: int = -1
+
+
+class ExecutionStarted(_Event, frozen=True, kw_only=True):
+    name: str
+    instance_id: str
+    execution_id: str
+    input: str | None = None
+    version: str | None = None
+    parent: ParentInstance | None = None
+    scheduled_start: datetime | None = None
+    tags: dict[str, str] | None = None
+
+
+class ExecutionCompleted(_Event, frozen=True, kw_only=True):
+    status: OrchestrationRuntimeStatus
+    result: str | None = None
+    failure: TaskFailureDetails | None = None
+
+
+class ExecutionTerminated(_Event, frozen=True, kw_only=True):
+    input: str | None = None
+    recurse: bool = False
+
+
+class ExecutionSuspended(_Event, frozen=True, kw_only=True):
+    input: str | None = None
+
+
+class ExecutionResumed(_Event, frozen=True, kw_only=True):
+    input: str | None = None
+
+
+class ExecutionRewound(_Event, frozen=True, kw_only=True):
+    reason: str | None = None
+
+
+class TaskScheduled(_Event, frozen=True, kw_only=True):
+    name: str
+    input: str | None = None
+    version: str | None = None
+
+
+class TaskCompleted(_Event, frozen=True, kw_only=True):
+    task_scheduled_id: int
+    result: str | None = None
+
+
+class TaskFailed(_Event, frozen=True, kw_only=True):
+    task_scheduled_id: int
+    failure: TaskFailureDetails
+
+
+class SubOrchestrationInstanceCreated(_Event, frozen=True, kw_only=True):
+    instance_id: str
+    name: str
+    input: str | None = None
+    version: str | None = None
+
+
+class SubOrchestrationInstanceCompleted(_Event, frozen=True, kw_only=True):
+    task_scheduled_id: int
+    result: str | None = None
+
+
+class SubOrchestrationInstanceFailed(_Event, frozen=True, kw_only=True):
+    task_scheduled_id: int
+    failure: TaskFailureDetails
+
+
+class TimerCreated(_Event, frozen=True, kw_only=True):
+    fire_at: datetime
+
+
+class TimerFired(_Event, frozen=True, kw_only=True):
+    fire_at: datetime
+    timer_id: int
+
+
+class OrchestratorStarted(_Event, frozen=True, kw_only=True):
+    pass
+
+
+class OrchestratorCompleted(_Event, frozen=True, kw_only=True):
+    pass
+
+
+class EventSent(_Event, frozen=True, kw_only=True):
+    instance_id: str
+    name: str
+    input: str | None = None
+
+
+class EventRaised(_Event, frozen=True, kw_only=True):
+    name: str
+    input: str | None = None
+
+
+class ContinueAsNew(_Event, frozen=True, kw_only=True):
+    input: str | None = None
+
+
+HistoryEvent = Union[
+    ExecutionStarted,
+    ExecutionCompleted,
+    ExecutionTerminated,
+    ExecutionSuspended,
+    ExecutionResumed,
+    ExecutionRewound,
+    TaskScheduled,
+    TaskCompleted,
+    TaskFailed,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceFailed,
+    TimerCreated,
+    TimerFired,
+    OrchestratorStarted,
+    OrchestratorCompleted,
+    EventSent,
+    EventRaised,
+    ContinueAsNew,
+]
+
+
+# --- actions: what one orchestrator episode asks for -------------------------------------------
+
+
+class _Action(msgspec.Struct, frozen=True, kw_only=True, tag=True, omit_defaults=True):
+    """Base of every orchestrator action. ``id`` is the task sequence number it creates."""
+
+    id: int
+
+
+class ScheduleTask(_Action, frozen=True, kw_only=True):
+    name: str
+    input: str | None = None
+    version: str | None = None
+
+
+class CreateSubOrchestration(_Action, frozen=True, kw_only=True):
+    instance_id: str
+    name: str
+    input: str | None = None
+    version: str | None = None
+
+
+class CreateTimer(_Action, frozen=True, kw_only=True):
+    fire_at: datetime
+
+
+class SendEvent(_Action, frozen=True, kw_only=True):
+    instance_id: str
+    name: str
+    data: str | None = None
+
+
+class CompleteOrchestration(_Action, frozen=True, kw_only=True):
+    """Ends the execution. ``status`` CONTINUED_AS_NEW restarts it with ``result`` as the new input."""
+
+    status: OrchestrationRuntimeStatus
+    result: str | None = None
+    failure: TaskFailureDetails | None = None
+    new_version: str | None = None
+    carryover_events: list[HistoryEvent] = msgspec.field(default_factory=list)
+
+
+class TerminateOrchestration(_Action, frozen=True, kw_only=True):
+    instance_id: str
+    reason: str | None = None
+    recurse: bool = True
+
+
+OrchestratorAction = Union[
+    ScheduleTask,
+    CreateSubOrchestration,
+    CreateTimer,
+    SendEvent,
+    CompleteOrchestration,
+    TerminateOrchestration,
+]
+
+
+_event_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(HistoryEvent)
+_events_decoder = msgspec.json.Decoder(list[HistoryEvent])
+
+
+def encode_event(event: HistoryEvent) -> bytes:
+    """Compact JSON of one event (the storage form)."""
+    return _event_encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> HistoryEvent:
+    """Inverse of ``encode_event``."""
+    return _event_decoder.decode(data)
+
+
+def encode_events(events: list[HistoryEvent]) -> bytes:
+    return _event_encoder.encode(events)
+
+
+def decode_events(data: bytes | str) -> list[HistoryEvent]:
+    return _events_decoder.decode(data)

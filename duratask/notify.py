@@ -1,0 +1,69 @@
+"""In-process wake-ups that work across threads and event loops.
+
+A waiter parks on a topic ("orchestrations", "activities", "instance:ID"); ``notify`` wakes every
+waiter of that topic, whichever thread or event loop it runs in. Storages call ``notify`` after a
+commit, so a waiting client or idle worker in the same process reacts at once instead of polling.
+Across processes the backend falls back to polling with backoff (SQLite) or LISTEN/NOTIFY (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+
+
+class Notifier:
+    """Topic-based wake-ups; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+
+    def notify(self, *topics: str) -> None:
+        """Wake every waiter of each topic."""
+        with self._lock:
+            woken = [fut for topic in topics for fut in self._waiters.pop(topic, ())]
+        for fut in woken:
+            loop = fut.get_loop()
+            if loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    def register(self, *topics: str) -> asyncio.Future[None]:
+        """Start listening before checking state, so no notification slips between the two."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            for topic in topics:
+                self._waiters[topic].add(fut)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[None], timeout: float | None) -> bool:
+        """Wait on a registered future; ``False`` when ``timeout`` passed first. Always unregisters."""
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.unregister(fut)
+
+    def unregister(self, fut: asyncio.Future[None]) -> None:
+        with self._lock:
+            for topic in [t for t, waiters in self._waiters.items() if fut in waiters]:
+                self._waiters[topic].discard(fut)
+                if not self._waiters[topic]:
+                    del self._waiters[topic]
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def instance_topic(instance_id: str) -> str:
+    return f"instance:{instance_id}"
+
+
+ORCHESTRATIONS = "orchestrations"
+ACTIVITIES = "activities"
