@@ -45,6 +45,8 @@ class InstanceRecord(msgspec.Struct, kw_only=True):
     failure: TaskFailureDetails | None = None
     version: str | None = None
     parent_instance_id: str | None = None
+    #: the parent's TaskScheduled id for this sub-orchestration (where its result is delivered)
+    parent_task_id: int | None = None
     scheduled_start: datetime | None = None
     completed_at: datetime | None = None
 

@@ -1,0 +1,497 @@
+"""``LocalBackend``: the Backend API over a Storage, owning every decision.
+
+The client, the worker, the CLI, the dashboard and the gRPC server all end up here. Decisions
+about one episode live in the pure ``runtime_state``; this module adds what needs I/O: validation
+against stored state, leases (with renewal while work is held in this process), wake-ups, paging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import msgspec
+
+from .. import history as h
+from ..errors import (
+    InstanceStateError,
+    InvalidInstanceIdError,
+    OrchestrationNotFoundError,
+    PayloadTooLargeError,
+)
+from ..models import (
+    OrchestrationMetadata,
+    OrchestrationQuery,
+    OrchestrationQueryResult,
+    PurgeInstancesFilter,
+    TaskFailureDetails,
+)
+from ..models import OrchestrationRuntimeStatus as Status
+from ..notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ..storage.base import (
+    ActivityCompletion,
+    InboxMessage,
+    InstanceFilter,
+    InstanceRecord,
+    NewInstance,
+    OrchestrationCommit,
+    OrchestrationLease,
+    PageCursor,
+    Storage,
+)
+from . import runtime_state
+from .api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
+
+log = logging.getLogger("duratask.backend")
+
+MAX_INSTANCE_ID_LENGTH = 256
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Tunables of an embedded backend (set through the connection string's query parameters)."""
+
+    #: Largest accepted payload (input, output, event data, custom status), in bytes of UTF-8 JSON.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: How long a worker holds a work item before it may go to another worker (renewed while held).
+    lease_seconds: float = 30.0
+    #: Longest sleep between polls when other processes may add work (SQLite file, safety net).
+    max_poll_seconds: float = 1.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def validate_instance_id(instance_id: str) -> None:
+    if not isinstance(instance_id, str) or not instance_id.strip():
+        raise InvalidInstanceIdError("instance id must be a non-empty string")
+    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
+        raise InvalidInstanceIdError(
+            f"instance id is {len(instance_id)} characters, over the limit of {MAX_INSTANCE_ID_LENGTH}"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in instance_id):
+        raise InvalidInstanceIdError("instance id must not contain control characters")
+
+
+def to_metadata(record: InstanceRecord, with_payloads: bool) -> OrchestrationMetadata:
+    return OrchestrationMetadata(
+        instance_id=record.instance_id,
+        name=record.name,
+        runtime_status=record.status,
+        created_at=record.created_at,
+        last_updated_at=record.last_updated_at,
+        serialized_input=record.input if with_payloads else None,
+        serialized_output=record.output if with_payloads else None,
+        serialized_custom_status=record.custom_status if with_payloads else None,
+        failure_details=record.failure,
+        parent_instance_id=record.parent_instance_id,
+    )
+
+
+def encode_cursor(cursor: PageCursor) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
+
+
+def decode_cursor(token: str) -> PageCursor:
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(token.encode()), type=PageCursor)
+    except Exception as exc:  # any garbage in an opaque token is the caller's mistake
+        raise ValueError(f"invalid continuation token {token!r}") from exc
+
+
+class LocalBackend:
+    """The Backend API (``backend.api.Backend``) over one Storage."""
+
+    def __init__(self, storage: Storage, options: BackendOptions | None = None) -> None:
+        self.storage = storage
+        self.options = options or BackendOptions()
+        # Leases handed out by this process and not yet settled: token -> lease.
+        self._orchestration_leases: dict[str, OrchestrationLease] = {}
+        self._activity_leases: dict[str, int] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self.storage.close()
+
+    # --- payload limits -----------------------------------------------------------------------
+
+    def check_payload(self, what: str, payload: str | None) -> None:
+        if payload is None:
+            return
+        size = len(payload.encode("utf-8")) if len(payload) * 4 > self.options.max_payload_bytes else len(payload)
+        if size > self.options.max_payload_bytes:
+            raise PayloadTooLargeError(what, size, self.options.max_payload_bytes)
+
+    def _oversized(self, what: str, payload: str | None) -> TaskFailureDetails | None:
+        try:
+            self.check_payload(what, payload)
+        except PayloadTooLargeError as exc:
+            return TaskFailureDetails(error_type="duratask.PayloadTooLargeError", error_message=str(exc))
+        return None
+
+    # --- client side ----------------------------------------------------------------------------
+
+    async def start_orchestration(
+        self,
+        name: str,
+        instance_id: str,
+        input: str | None,
+        *,
+        start_at: datetime | None = None,
+        version: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        validate_instance_id(instance_id)
+        if not name:
+            raise ValueError("orchestrator name must be a non-empty string")
+        self.check_payload("orchestration input", input)
+        now = utcnow()
+        if start_at is not None and start_at.tzinfo is None:
+            start_at = start_at.replace(tzinfo=timezone.utc)
+        visible_at = start_at if start_at is not None and start_at > now else now
+        execution_id = runtime_state.new_execution_id()
+        record = InstanceRecord(
+            instance_id=instance_id,
+            name=name,
+            execution_id=execution_id,
+            status=Status.PENDING,
+            created_at=now,
+            last_updated_at=now,
+            input=input,
+            version=version,
+            scheduled_start=start_at,
+        )
+        started = h.ExecutionStarted(
+            timestamp=now,
+            name=name,
+            instance_id=instance_id,
+            execution_id=execution_id,
+            input=input,
+            version=version,
+            scheduled_start=start_at,
+            tags=tags,
+        )
+        await self.storage.create_instance(NewInstance(record=record, started=started, visible_at=visible_at))
+        return instance_id
+
+    async def get_instance(self, instance_id: str, with_payloads: bool) -> OrchestrationMetadata | None:
+        record = await self.storage.get_instance(instance_id)
+        return None if record is None else to_metadata(record, with_payloads)
+
+    async def _require(self, instance_id: str) -> InstanceRecord:
+        record = await self.storage.get_instance(instance_id)
+        if record is None:
+            raise OrchestrationNotFoundError(instance_id)
+        return record
+
+    async def wait_for_instance(
+        self, instance_id: str, until: WaitUntil, with_payloads: bool, timeout: float | None
+    ) -> OrchestrationMetadata | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = 0.01
+        topic = instance_topic(instance_id)
+        while True:
+            woke = self.storage.notifier.register(topic)
+            record = await self.storage.get_instance(instance_id)
+            if record is None or _reached(record.status, until):
+                self.storage.notifier.unregister(woke)
+                return None if record is None else to_metadata(record, with_payloads)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self.storage.notifier.unregister(woke)
+                raise TimeoutError(f"instance {instance_id!r} did not reach {until} within {timeout} s")
+            wait = remaining
+            if self.storage.shared_across_processes:  # another process may finish it: poll too
+                wait = poll if wait is None else min(wait, poll)
+                poll = min(poll * 2, self.options.max_poll_seconds)
+            await self.storage.notifier.wait(woke, wait)
+
+    async def query_instances(self, query: OrchestrationQuery) -> OrchestrationQueryResult:
+        if query.page_size <= 0:
+            raise ValueError("page_size must be positive")
+        hubs = query.task_hub_names
+        if hubs is not None and getattr(self.storage, "taskhub", "default") not in hubs:
+            return OrchestrationQueryResult(instances=[], continuation_token=None)
+        after = decode_cursor(query.continuation_token) if query.continuation_token else None
+        filter = InstanceFilter(
+            statuses=list(query.runtime_status) if query.runtime_status else None,
+            created_from=query.created_from,
+            created_to=query.created_to,
+            instance_id_prefix=query.instance_id_prefix or None,
+        )
+        rows = await self.storage.query_instances(filter, query.page_size + 1, after)
+        page, more = rows[: query.page_size], len(rows) > query.page_size
+        token = encode_cursor(PageCursor(page[-1].created_at, page[-1].instance_id)) if more else None
+        return OrchestrationQueryResult(instances=[to_metadata(r, True) for r in page], continuation_token=token)
+
+    async def raise_event(self, instance_id: str, name: str, data: str | None) -> None:
+        if not name:
+            raise ValueError("event name must be a non-empty string")
+        self.check_payload("event data", data)
+        record = await self._require(instance_id)
+        if record.status.is_terminal:
+            raise InstanceStateError(
+                f"cannot raise event {name!r}: instance {instance_id!r} is {record.status.name}"
+            )
+        await self._deliver(record, h.EventRaised(timestamp=utcnow(), name=name, input=data))
+
+    async def _deliver(self, record: InstanceRecord, event: h.HistoryEvent) -> None:
+        """Queue an event; for an instance whose scheduled start is ahead, it waits for the start."""
+        now = utcnow()
+        visible_at = now
+        if record.status is Status.PENDING and record.scheduled_start and record.scheduled_start > now:
+            visible_at = record.scheduled_start
+        await self.storage.enqueue([InboxMessage(instance_id=record.instance_id, event=event, visible_at=visible_at)])
+
+    async def terminate(self, instance_id: str, output: str | None, recursive: bool) -> None:
+        self.check_payload("termination output", output)
+        record = await self._require(instance_id)
+        if record.status.is_terminal:
+            return
+        targets = [instance_id]
+        if recursive:
+            targets += await self._descendants(instance_id)
+        now = utcnow()
+        event = h.ExecutionTerminated(timestamp=now, input=output, recurse=recursive)
+        await self.storage.enqueue([InboxMessage(instance_id=t, event=event, visible_at=now) for t in targets])
+
+    async def _descendants(self, instance_id: str) -> list[str]:
+        found: list[str] = []
+        frontier = [instance_id]
+        while frontier:
+            children = [c for parent in frontier for c in await self.storage.child_instance_ids(parent)]
+            found += children
+            frontier = children
+        return found
+
+    async def suspend(self, instance_id: str, reason: str | None) -> None:
+        record = await self._require(instance_id)
+        if record.status.is_terminal:
+            raise InstanceStateError(f"cannot suspend instance {instance_id!r}: it is {record.status.name}")
+        await self._deliver(record, h.ExecutionSuspended(timestamp=utcnow(), input=reason))
+
+    async def resume(self, instance_id: str, reason: str | None) -> None:
+        record = await self._require(instance_id)
+        if record.status.is_terminal:
+            raise InstanceStateError(f"cannot resume instance {instance_id!r}: it is {record.status.name}")
+        await self._deliver(record, h.ExecutionResumed(timestamp=utcnow(), input=reason))
+
+    async def purge(self, instance_id: str, recursive: bool) -> int:
+        record = await self._require(instance_id)
+        if not record.status.is_terminal:
+            raise InstanceStateError(
+                f"cannot purge instance {instance_id!r}: it is {record.status.name}; terminate it first"
+            )
+        ids = [instance_id] + (await self._descendants(instance_id) if recursive else [])
+        return await self.storage.delete_instances(ids)
+
+    async def purge_matching(self, filter: PurgeInstancesFilter) -> int:
+        return await self.storage.delete_instances_matching(
+            InstanceFilter(
+                statuses=list(filter.runtime_status) if filter.runtime_status else None,
+                created_from=filter.created_from,
+                created_to=filter.created_to,
+            )
+        )
+
+    async def get_history(self, instance_id: str) -> list[h.HistoryEvent]:
+        await self._require(instance_id)
+        return await self.storage.get_history(instance_id)
+
+    # --- orchestration work items -------------------------------------------------------------
+
+    async def lease_orchestrations(self, limit: int) -> list[OrchestrationWorkItem]:
+        leases = await self.storage.lease_orchestrations(limit, self.options.lease_seconds)
+        items: list[OrchestrationWorkItem] = []
+        settle: list[OrchestrationCommit] = []
+        now = utcnow()
+        for lease in leases:
+            commit = self._settle_without_worker(lease, now)
+            if commit is not None:
+                settle.append(commit)
+                continue
+            self._orchestration_leases[lease.token] = lease
+            items.append(
+                OrchestrationWorkItem(
+                    instance_id=lease.instance.instance_id,
+                    execution_id=lease.instance.execution_id,
+                    name=lease.instance.name,
+                    token=lease.token,
+                    new_events=[h.OrchestratorStarted(timestamp=now), *lease.new_events],
+                    history_length=lease.history_length,
+                )
+            )
+        if settle:
+            await self.storage.commit_orchestrations(settle)
+        return items
+
+    def _settle_without_worker(self, lease: OrchestrationLease, now: datetime) -> OrchestrationCommit | None:
+        """Leases the backend settles itself: messages to finished instances, terminating one that never ran."""
+        instance = lease.instance
+        if instance.status.is_terminal:
+            return runtime_state.plan_discard(instance, lease.token)
+        if lease.history_length == 0 and not any(isinstance(e, h.ExecutionStarted) for e in lease.new_events):
+            terminated = next((e for e in lease.new_events if isinstance(e, h.ExecutionTerminated)), None)
+            if terminated is not None:
+                return runtime_state.plan_terminate_unstarted(instance, lease.token, terminated, now)
+        return None
+
+    async def complete_orchestrations(
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+    ) -> list[bool]:
+        now = utcnow()
+        commits: list[OrchestrationCommit] = []
+        for item, result in done:
+            lease = self._orchestration_leases.pop(item.token, None)
+            if lease is None:
+                commits.append(_fenced_out(item))
+                continue
+            actions = self._enforce_payload_limits(result)
+            commit = runtime_state.plan_episode(
+                lease.instance, item.token, item.new_events, actions, result.custom_status, now
+            )
+            commits.append(commit)
+        await self._terminate_children_of_terminated(commits, done)
+        return await self.storage.commit_orchestrations(commits)
+
+    def _enforce_payload_limits(self, result: OrchestrationResult) -> list[h.OrchestratorAction]:
+        """An oversized payload fails the instance instead of being stored."""
+        for action in result.actions:
+            payload = _payload_of(action)
+            failure = self._oversized(f"{type(action).__name__} payload", payload)
+            if failure is None:
+                failure = self._oversized("custom status", result.custom_status)
+            if failure is not None:
+                return [h.CompleteOrchestration(id=action.id, status=Status.FAILED, failure=failure)]
+        return list(result.actions)
+
+    async def _terminate_children_of_terminated(
+        self, commits: list[OrchestrationCommit], done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+    ) -> None:
+        """A recursive termination reaches sub-orchestrations started after the terminate request."""
+        for commit, (item, _) in zip(commits, done):
+            term = next((e for e in item.new_events if isinstance(e, h.ExecutionTerminated)), None)
+            if term is None or not term.recurse or commit.instance.status is not Status.TERMINATED:
+                continue
+            for child in await self.storage.child_instance_ids(item.instance_id):
+                commit.messages.append(InboxMessage(instance_id=child, event=term, visible_at=commit.instance.last_updated_at))
+
+    async def abandon_orchestration(self, item: OrchestrationWorkItem) -> None:
+        self._orchestration_leases.pop(item.token, None)
+        await self.storage.abandon_orchestration(item.instance_id, item.token)
+
+    # --- activity work items -----------------------------------------------------------------
+
+    async def lease_activities(self, limit: int) -> list[ActivityWorkItem]:
+        leases = await self.storage.lease_activities(limit, self.options.lease_seconds)
+        for lease in leases:
+            self._activity_leases[lease.token] = lease.activity_id
+        if leases:
+            self._ensure_renewer()
+        return [
+            ActivityWorkItem(
+                instance_id=lease.task.instance_id,
+                execution_id=lease.task.execution_id,
+                task_id=lease.task.task_id,
+                name=lease.task.name,
+                input=lease.task.input,
+                token=lease.token,
+                attempt=lease.attempt,
+            )
+            for lease in leases
+        ]
+
+    async def complete_activities(
+        self, done: list[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]]
+    ) -> list[bool]:
+        completions = []
+        for item, event in done:
+            activity_id = self._activity_leases.pop(item.token, None)
+            if activity_id is None:
+                activity_id = -1  # not leased here: storage fences it out
+            if isinstance(event, h.TaskCompleted):
+                failure = self._oversized("activity result", event.result)
+                if failure is not None:
+                    event = h.TaskFailed(
+                        timestamp=event.timestamp, task_scheduled_id=event.task_scheduled_id, failure=failure
+                    )
+            completions.append(
+                ActivityCompletion(
+                    activity_id=activity_id,
+                    token=item.token,
+                    instance_id=item.instance_id,
+                    execution_id=item.execution_id,
+                    event=event,
+                )
+            )
+        return await self.storage.complete_activities(completions)
+
+    async def abandon_activity(self, item: ActivityWorkItem) -> None:
+        activity_id = self._activity_leases.pop(item.token, None)
+        if activity_id is not None:
+            await self.storage.abandon_activity(activity_id, item.token)
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        """Keep activity leases alive while this process works on them; a dead process stops renewing."""
+        while self._activity_leases:
+            await asyncio.sleep(self.options.lease_seconds / 3)
+            for token, activity_id in list(self._activity_leases.items()):
+                ok = await self.storage.renew_activity_lease(activity_id, token, self.options.lease_seconds)
+                if not ok:
+                    self._activity_leases.pop(token, None)
+
+    # --- wake-ups ----------------------------------------------------------------------------
+
+    async def wait_for_work(self, kind: WorkKind, timeout: float) -> None:
+        topic = ORCHESTRATIONS if kind == "orchestration" else ACTIVITIES
+        woke = self.storage.notifier.register(topic)
+        if kind == "orchestration":
+            due = await self.storage.next_visible_at()
+            if due is not None:
+                timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
+        if self.storage.shared_across_processes:
+            timeout = min(timeout, self.options.max_poll_seconds)
+        await self.storage.notifier.wait(woke, timeout)
+
+
+def _reached(status: Status, until: WaitUntil) -> bool:
+    return status.is_terminal if until == "completion" else status is not Status.PENDING
+
+
+def _payload_of(action: h.OrchestratorAction) -> str | None:
+    if isinstance(action, h.SendEvent):
+        return action.data
+    if isinstance(action, (h.ScheduleTask, h.CreateSubOrchestration)):
+        return action.input
+    if isinstance(action, h.CompleteOrchestration):
+        return action.result
+    return None
+
+
+def _fenced_out(item: OrchestrationWorkItem) -> OrchestrationCommit:
+    """A commit the storage will reject: the lease is not (or no longer) ours."""
+    placeholder = InstanceRecord(
+        instance_id=item.instance_id,
+        name=item.name,
+        execution_id=item.execution_id,
+        status=Status.RUNNING,
+        created_at=utcnow(),
+        last_updated_at=utcnow(),
+    )
+    return OrchestrationCommit(token=item.token, instance=placeholder, history_append=[])
+

@@ -1,0 +1,139 @@
+"""``DurableTaskClient``: start, query, signal and manage orchestration instances (SPEC §2)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, Callable
+
+from .backend.api import Backend
+from .connection import open_backend
+from .history import HistoryEvent
+from .models import (
+    OrchestrationMetadata,
+    OrchestrationQuery,
+    OrchestrationQueryResult,
+    PurgeInstancesFilter,
+    PurgeResult,
+    StartOrchestrationOptions,
+)
+from .serialization import to_json
+
+
+def function_name(fn_or_name: str | Callable[..., Any]) -> str:
+    """The registered name of an orchestrator or activity given as a function or a name."""
+    if isinstance(fn_or_name, str):
+        return fn_or_name
+    name = getattr(fn_or_name, "__duratask_name__", None) or getattr(fn_or_name, "__name__", None)
+    if not isinstance(name, str):
+        raise TypeError(f"expected a function or a name, got {fn_or_name!r}")
+    return name
+
+
+class DurableTaskClient:
+    """Manages orchestration instances on the task hub a connection string names.
+
+    ``connection_string`` is any form of SPEC §1; ``None`` reads ``DURATASK_CONNECTION_STRING``,
+    else uses ``sqlite:///duratask.db``. Use ``async with DurableTaskClient(...) as client:``, or
+    call ``close()``; the connection opens lazily on first use.
+    """
+
+    def __init__(self, connection_string: str | None = None, *, backend: Backend | None = None) -> None:
+        self._connection_string = connection_string
+        self._backend = backend
+        self._owns_backend = backend is None
+
+    async def _b(self) -> Backend:
+        if self._backend is None:
+            self._backend = await open_backend(self._connection_string)
+        return self._backend
+
+    async def __aenter__(self) -> DurableTaskClient:
+        await self._b()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the connection (the storage stays open while others in the process use it)."""
+        if self._backend is not None and self._owns_backend:
+            await self._backend.close()
+        self._backend = None
+
+    async def schedule_new_orchestration_instance(
+        self,
+        orchestrator: str | Callable[..., Any],
+        input: Any = None,
+        options: StartOrchestrationOptions | None = None,
+        *,
+        instance_id: str | None = None,
+        start_at: datetime | None = None,
+    ) -> str:
+        """Start an instance of ``orchestrator`` (a name or a registered function); returns its id.
+
+        A new random id is used unless one is given (here or in ``options``). ``start_at`` in the
+        future keeps the instance PENDING until then. Raises ``OrchestrationAlreadyExistsError`` if an
+        unfinished instance has the id; a finished one is replaced.
+        """
+        instance_id = instance_id or (options.instance_id if options else None) or uuid.uuid4().hex
+        start_at = start_at or (options.start_at if options else None)
+        if start_at is not None and start_at.tzinfo is None:
+            start_at = start_at.replace(tzinfo=timezone.utc)
+        backend = await self._b()
+        return await backend.start_orchestration(
+            function_name(orchestrator), instance_id, to_json(input), start_at=start_at
+        )
+
+    async def get_instance(self, instance_id: str, get_inputs_and_outputs: bool = False) -> OrchestrationMetadata | None:
+        """The instance's metadata, or ``None`` if it does not exist."""
+        return await (await self._b()).get_instance(instance_id, get_inputs_and_outputs)
+
+    async def wait_for_instance_start(
+        self, instance_id: str, get_inputs_and_outputs: bool = False, *, timeout: float | None = None
+    ) -> OrchestrationMetadata | None:
+        """Wait until the instance leaves PENDING; ``TimeoutError`` after ``timeout`` seconds."""
+        backend = await self._b()
+        return await backend.wait_for_instance(instance_id, "start", get_inputs_and_outputs, timeout)
+
+    async def wait_for_instance_completion(
+        self, instance_id: str, get_inputs_and_outputs: bool = False, *, timeout: float | None = None
+    ) -> OrchestrationMetadata | None:
+        """Wait until the instance is COMPLETED, FAILED, TERMINATED or CANCELED."""
+        backend = await self._b()
+        return await backend.wait_for_instance(instance_id, "completion", get_inputs_and_outputs, timeout)
+
+    async def get_all_instances(self, query: OrchestrationQuery | None = None) -> OrchestrationQueryResult:
+        """One page of instances matching ``query``, ordered by creation time then id."""
+        return await (await self._b()).query_instances(query or OrchestrationQuery())
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Send an external event; raises ``InstanceStateError`` if the instance has finished."""
+        await (await self._b()).raise_event(instance_id, event_name, to_json(event_data))
+
+    async def terminate_instance(self, instance_id: str, output: Any = None, *, recursive: bool = True) -> None:
+        """Terminate the instance (and its sub-orchestrations); a finished instance is left as is."""
+        await (await self._b()).terminate(instance_id, to_json(output), recursive)
+
+    async def suspend_instance(self, instance_id: str, reason: str | None = None) -> None:
+        """Pause the instance: events and timers wait until it is resumed."""
+        await (await self._b()).suspend(instance_id, reason)
+
+    async def resume_instance(self, instance_id: str, reason: str | None = None) -> None:
+        """Resume a suspended instance; what waited is applied in order."""
+        await (await self._b()).resume(instance_id, reason)
+
+    async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> PurgeResult:
+        """Delete a finished instance with its history (and its sub-orchestrations')."""
+        return PurgeResult(await (await self._b()).purge(instance_id, recursive))
+
+    async def purge_all_instances(self, filter: PurgeInstancesFilter) -> PurgeResult:
+        """Delete every finished instance matching ``filter``."""
+        return PurgeResult(await (await self._b()).purge_matching(filter))
+
+    async def get_orchestration_history(self, instance_id: str) -> list[HistoryEvent]:
+        """The instance's history events, oldest first."""
+        return await (await self._b()).get_history(instance_id)
