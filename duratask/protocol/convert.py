@@ -1,0 +1,532 @@
+"""The one place that maps duratask's event model to the protocol's messages, and back.
+
+Each event and action kind is one row of a table: our struct class, the name of its field in the
+protocol's ``oneof``, and its fields as (our attribute, protocol field path, codec). One generic
+encoder and one generic decoder walk the rows, so both directions come from the same facts.
+
+Conventions on the wire side:
+- payloads (our JSON text or ``None``) are ``google.protobuf.StringValue``, absent for ``None``;
+- timestamps are ``google.protobuf.Timestamp``; we read them as aware UTC datetimes and write
+  naive datetimes as if they were UTC;
+- empty ``tags`` maps read back as ``None`` (protobuf cannot tell an empty map from none).
+
+What our model does not carry is dropped on decoding: trace contexts, span ids, ``tags`` of
+tasks and sub-orchestrations, failure ``properties``, ``CompleteOrchestrationAction.details``
+and ``tags``, and ``ExecutionRewoundEvent``'s fields other than ``reason``. Protocol events and
+actions that have no counterpart at all (entity events and actions, generic and history-state
+events, rewind actions) raise ``UnsupportedMessageError``; the caller decides what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from ..history import (
+    CompleteOrchestration,
+    ContinueAsNew,
+    CreateSubOrchestration,
+    CreateTimer,
+    EventRaised,
+    EventSent,
+    ExecutionCompleted,
+    ExecutionResumed,
+    ExecutionRewound,
+    ExecutionStarted,
+    ExecutionSuspended,
+    ExecutionTerminated,
+    HistoryEvent,
+    OrchestratorAction,
+    OrchestratorCompleted,
+    OrchestratorStarted,
+    ParentInstance,
+    ScheduleTask,
+    SendEvent,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
+    TaskCompleted,
+    TaskFailed,
+    TaskScheduled,
+    TerminateOrchestration,
+    TimerCreated,
+    TimerFired,
+)
+from ..models import OrchestrationMetadata, OrchestrationRuntimeStatus, TaskFailureDetails
+from . import StringValue, Timestamp, pb
+
+__all__ = [
+    "UnsupportedMessageError",
+    "action_from_pb",
+    "action_to_pb",
+    "event_from_pb",
+    "event_to_pb",
+    "failure_from_pb",
+    "failure_to_pb",
+    "metadata_from_pb",
+    "metadata_to_pb",
+    "payload_from_pb",
+    "payload_to_pb",
+    "status_from_pb",
+    "status_to_pb",
+    "timestamp_from_pb",
+    "timestamp_to_pb",
+]
+
+
+class UnsupportedMessageError(ValueError):
+    """A protocol event or action that duratask's model has no counterpart for."""
+
+
+# --- scalars ---------------------------------------------------------------------------------
+
+
+def payload_to_pb(text: str | None) -> Any:
+    """Our payload text as a ``StringValue``, or ``None`` (leave the field absent)."""
+    return None if text is None else StringValue(value=text)
+
+
+def payload_from_pb(message: Any, field: str) -> str | None:
+    """The text of ``message.<field>`` (a ``StringValue``), ``None`` when the field is absent."""
+    return str(getattr(message, field).value) if message.HasField(field) else None
+
+
+def timestamp_to_pb(moment: datetime) -> Any:
+    """A ``Timestamp`` for ``moment``; a naive datetime is taken as UTC."""
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def timestamp_from_pb(stamp: Any) -> datetime:
+    """An aware UTC datetime (microsecond precision) for a ``Timestamp``."""
+    moment: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return moment
+
+
+# Built by name, so a renamed member on either side fails at import rather than on the wire.
+_STATUS_TO_PB: dict[OrchestrationRuntimeStatus, int] = {
+    status: pb.OrchestrationStatus.Value(f"ORCHESTRATION_STATUS_{status.name}")
+    for status in OrchestrationRuntimeStatus
+}
+_STATUS_FROM_PB = {value: status for status, value in _STATUS_TO_PB.items()}
+
+
+def status_to_pb(status: OrchestrationRuntimeStatus) -> int:
+    """The protocol's ``OrchestrationStatus`` value of ``status``."""
+    return _STATUS_TO_PB[status]
+
+
+def status_from_pb(value: int) -> OrchestrationRuntimeStatus:
+    """Our status for a protocol ``OrchestrationStatus`` value; ``ValueError`` if unknown."""
+    try:
+        return _STATUS_FROM_PB[value]
+    except KeyError:
+        raise ValueError(f"unknown protocol orchestration status {value!r}") from None
+
+
+# --- field codecs ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Codec:
+    """How one field moves: ``put(parent_message, field_name, our_value)`` and its inverse ``get``."""
+
+    put: Callable[[Any, str, Any], None]
+    get: Callable[[Any, str], Any]
+
+
+def _put_scalar(message: Any, field: str, value: Any) -> None:
+    setattr(message, field, value)
+
+
+def _put_wrapped(message: Any, field: str, value: Any) -> None:
+    getattr(message, field).value = value
+
+
+def _put_optional_wrapped(message: Any, field: str, value: Any) -> None:
+    if value is not None:
+        getattr(message, field).value = value
+
+
+def _put_time(message: Any, field: str, value: Any) -> None:
+    getattr(message, field).FromDatetime(value)
+
+
+def _put_optional_time(message: Any, field: str, value: Any) -> None:
+    if value is not None:
+        getattr(message, field).FromDatetime(value)
+
+
+def _get_optional_time(message: Any, field: str) -> datetime | None:
+    return timestamp_from_pb(getattr(message, field)) if message.HasField(field) else None
+
+
+def _put_failure(message: Any, field: str, value: Any) -> None:
+    if value is not None:
+        getattr(message, field).CopyFrom(failure_to_pb(value))
+
+
+def _get_optional_failure(message: Any, field: str) -> TaskFailureDetails | None:
+    return failure_from_pb(getattr(message, field)) if message.HasField(field) else None
+
+
+def _put_tags(message: Any, field: str, value: Any) -> None:
+    if value:
+        getattr(message, field).update(value)
+
+
+def _put_events(message: Any, field: str, value: Any) -> None:
+    getattr(message, field).extend(event_to_pb(event) for event in value)
+
+
+_SCALAR = _Codec(_put_scalar, getattr)  # str, int and bool map one to one
+_WRAPPED_TEXT = _Codec(_put_wrapped, lambda m, f: getattr(m, f).value)  # our str, their StringValue
+_PAYLOAD = _Codec(_put_optional_wrapped, payload_from_pb)
+_TIME = _Codec(_put_time, lambda m, f: timestamp_from_pb(getattr(m, f)))
+_OPTIONAL_TIME = _Codec(_put_optional_time, _get_optional_time)
+_STATUS = _Codec(lambda m, f, v: setattr(m, f, status_to_pb(v)), lambda m, f: status_from_pb(getattr(m, f)))
+_FAILURE = _Codec(_put_failure, lambda m, f: failure_from_pb(getattr(m, f)))  # absent reads as empty
+_OPTIONAL_FAILURE = _Codec(_put_failure, _get_optional_failure)
+_TAGS = _Codec(_put_tags, lambda m, f: dict(getattr(m, f)) or None)
+_EVENTS = _Codec(_put_events, lambda m, f: [event_from_pb(e) for e in getattr(m, f)])
+
+
+@dataclass(frozen=True)
+class _Field:
+    ours: str
+    wire: str  # dotted path inside the protocol message, e.g. "orchestrationInstance.instanceId"
+    codec: _Codec
+    # ``wire`` split once: the sub-messages to walk through, then the field itself.
+    parents: tuple[str, ...] = dataclasses.field(init=False)
+    leaf: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        *parents, leaf = self.wire.split(".")
+        object.__setattr__(self, "parents", tuple(parents))
+        object.__setattr__(self, "leaf", leaf)
+
+
+def _encode_fields(source: Any, message: Any, fields: Sequence[_Field]) -> None:
+    for spec in fields:
+        spec.codec.put(_descend(message, spec.parents), spec.leaf, getattr(source, spec.ours))
+
+
+def _decode_fields(message: Any, fields: Sequence[_Field]) -> dict[str, Any]:
+    return {spec.ours: spec.codec.get(_descend(message, spec.parents), spec.leaf) for spec in fields}
+
+
+def _descend(message: Any, parents: tuple[str, ...]) -> Any:
+    for name in parents:
+        message = getattr(message, name)
+    return message
+
+
+def _nested(model: Callable[..., Any], fields: Sequence[_Field]) -> _Codec:
+    """A codec for an optional sub-message that maps to one of our structs."""
+
+    def put(message: Any, field: str, value: Any) -> None:
+        if value is not None:
+            sub_message = getattr(message, field)
+            sub_message.SetInParent()  # present even if every field of it is a default
+            _encode_fields(value, sub_message, fields)
+
+    def get(message: Any, field: str) -> Any:
+        if not message.HasField(field):
+            return None
+        return model(**_decode_fields(getattr(message, field), fields))
+
+    return _Codec(put, get)
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+_FAILURE_FIELDS = (
+    _Field("error_type", "errorType", _SCALAR),
+    _Field("error_message", "errorMessage", _SCALAR),
+    _Field("stack_trace", "stackTrace", _PAYLOAD),
+    _Field("inner_failure", "innerFailure", _OPTIONAL_FAILURE),
+    _Field("is_non_retriable", "isNonRetriable", _SCALAR),
+)
+
+_PARENT = _nested(
+    ParentInstance,
+    (
+        _Field("instance_id", "orchestrationInstance.instanceId", _SCALAR),
+        _Field("execution_id", "orchestrationInstance.executionId", _PAYLOAD),
+        _Field("name", "name", _WRAPPED_TEXT),
+        _Field("version", "version", _PAYLOAD),
+        _Field("task_scheduled_id", "taskScheduledId", _SCALAR),
+    ),
+)
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class _Kind(Generic[M]):
+    model: type[M]
+    wire: str  # the field of the protocol message's oneof
+    fields: tuple[_Field, ...] = ()
+
+
+_EVENT_KINDS: tuple[_Kind[Any], ...] = (
+    _Kind(
+        ExecutionStarted,
+        "executionStarted",
+        (
+            _Field("name", "name", _SCALAR),
+            _Field("instance_id", "orchestrationInstance.instanceId", _SCALAR),
+            _Field("execution_id", "orchestrationInstance.executionId", _WRAPPED_TEXT),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+            _Field("parent", "parentInstance", _PARENT),
+            _Field("scheduled_start", "scheduledStartTimestamp", _OPTIONAL_TIME),
+            _Field("tags", "tags", _TAGS),
+        ),
+    ),
+    _Kind(
+        ExecutionCompleted,
+        "executionCompleted",
+        (
+            _Field("status", "orchestrationStatus", _STATUS),
+            _Field("result", "result", _PAYLOAD),
+            _Field("failure", "failureDetails", _OPTIONAL_FAILURE),
+        ),
+    ),
+    _Kind(
+        ExecutionTerminated,
+        "executionTerminated",
+        (_Field("input", "input", _PAYLOAD), _Field("recurse", "recurse", _SCALAR)),
+    ),
+    _Kind(ExecutionSuspended, "executionSuspended", (_Field("input", "input", _PAYLOAD),)),
+    _Kind(ExecutionResumed, "executionResumed", (_Field("input", "input", _PAYLOAD),)),
+    _Kind(ExecutionRewound, "executionRewound", (_Field("reason", "reason", _PAYLOAD),)),
+    _Kind(
+        TaskScheduled,
+        "taskScheduled",
+        (
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        TaskCompleted,
+        "taskCompleted",
+        (_Field("task_scheduled_id", "taskScheduledId", _SCALAR), _Field("result", "result", _PAYLOAD)),
+    ),
+    _Kind(
+        TaskFailed,
+        "taskFailed",
+        (
+            _Field("task_scheduled_id", "taskScheduledId", _SCALAR),
+            _Field("failure", "failureDetails", _FAILURE),
+        ),
+    ),
+    _Kind(
+        SubOrchestrationInstanceCreated,
+        "subOrchestrationInstanceCreated",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        SubOrchestrationInstanceCompleted,
+        "subOrchestrationInstanceCompleted",
+        (_Field("task_scheduled_id", "taskScheduledId", _SCALAR), _Field("result", "result", _PAYLOAD)),
+    ),
+    _Kind(
+        SubOrchestrationInstanceFailed,
+        "subOrchestrationInstanceFailed",
+        (
+            _Field("task_scheduled_id", "taskScheduledId", _SCALAR),
+            _Field("failure", "failureDetails", _FAILURE),
+        ),
+    ),
+    _Kind(TimerCreated, "timerCreated", (_Field("fire_at", "fireAt", _TIME),)),
+    _Kind(
+        TimerFired, "timerFired", (_Field("fire_at", "fireAt", _TIME), _Field("timer_id", "timerId", _SCALAR))
+    ),
+    _Kind(OrchestratorStarted, "orchestratorStarted"),
+    _Kind(OrchestratorCompleted, "orchestratorCompleted"),
+    _Kind(
+        EventSent,
+        "eventSent",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+        ),
+    ),
+    _Kind(EventRaised, "eventRaised", (_Field("name", "name", _SCALAR), _Field("input", "input", _PAYLOAD))),
+    _Kind(ContinueAsNew, "continueAsNew", (_Field("input", "input", _PAYLOAD),)),
+)
+
+_ACTION_KINDS: tuple[_Kind[Any], ...] = (
+    _Kind(
+        ScheduleTask,
+        "scheduleTask",
+        (
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        CreateSubOrchestration,
+        "createSubOrchestration",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+        ),
+    ),
+    _Kind(CreateTimer, "createTimer", (_Field("fire_at", "fireAt", _TIME),)),
+    _Kind(
+        SendEvent,
+        "sendEvent",
+        (
+            _Field("instance_id", "instance.instanceId", _SCALAR),
+            _Field("name", "name", _SCALAR),
+            _Field("data", "data", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        CompleteOrchestration,
+        "completeOrchestration",
+        (
+            _Field("status", "orchestrationStatus", _STATUS),
+            _Field("result", "result", _PAYLOAD),
+            _Field("failure", "failureDetails", _OPTIONAL_FAILURE),
+            _Field("new_version", "newVersion", _PAYLOAD),
+            _Field("carryover_events", "carryoverEvents", _EVENTS),
+        ),
+    ),
+    _Kind(
+        TerminateOrchestration,
+        "terminateOrchestration",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("reason", "reason", _PAYLOAD),
+            _Field("recurse", "recurse", _SCALAR),
+        ),
+    ),
+)
+
+_METADATA_FIELDS = (
+    _Field("instance_id", "instanceId", _SCALAR),
+    _Field("name", "name", _SCALAR),
+    _Field("runtime_status", "orchestrationStatus", _STATUS),
+    _Field("created_at", "createdTimestamp", _TIME),
+    _Field("last_updated_at", "lastUpdatedTimestamp", _TIME),
+    _Field("serialized_input", "input", _PAYLOAD),
+    _Field("serialized_output", "output", _PAYLOAD),
+    _Field("serialized_custom_status", "customStatus", _PAYLOAD),
+    _Field("failure_details", "failureDetails", _OPTIONAL_FAILURE),
+    _Field("parent_instance_id", "parentInstanceId", _PAYLOAD),
+)
+
+
+def _by_model(kinds: tuple[_Kind[Any], ...]) -> Mapping[type[Any], _Kind[Any]]:
+    return {kind.model: kind for kind in kinds}
+
+
+def _by_wire(kinds: tuple[_Kind[Any], ...]) -> Mapping[str, _Kind[Any]]:
+    return {kind.wire: kind for kind in kinds}
+
+
+_EVENT_BY_MODEL = _by_model(_EVENT_KINDS)
+_EVENT_BY_WIRE = _by_wire(_EVENT_KINDS)
+_ACTION_BY_MODEL = _by_model(_ACTION_KINDS)
+_ACTION_BY_WIRE = _by_wire(_ACTION_KINDS)
+
+
+# --- public conversions ----------------------------------------------------------------------
+
+
+def failure_to_pb(failure: TaskFailureDetails) -> pb.TaskFailureDetails:
+    message = pb.TaskFailureDetails()
+    _encode_fields(failure, message, _FAILURE_FIELDS)
+    return message
+
+
+def failure_from_pb(message: pb.TaskFailureDetails) -> TaskFailureDetails:
+    return TaskFailureDetails(**_decode_fields(message, _FAILURE_FIELDS))
+
+
+def event_to_pb(event: HistoryEvent) -> pb.HistoryEvent:
+    kind = _lookup_model(_EVENT_BY_MODEL, event)
+    message = pb.HistoryEvent(eventId=event.event_id)
+    message.timestamp.FromDatetime(event.timestamp)
+    body = getattr(message, kind.wire)
+    body.SetInParent()  # the oneof is set even for events without fields
+    _encode_fields(event, body, kind.fields)
+    return message
+
+
+def event_from_pb(message: pb.HistoryEvent) -> HistoryEvent:
+    """Our event for a protocol ``HistoryEvent``; ``UnsupportedMessageError`` if we have none."""
+    kind = _lookup_wire(_EVENT_BY_WIRE, message, "eventType", "history event")
+    decoded: HistoryEvent = kind.model(
+        timestamp=timestamp_from_pb(message.timestamp),
+        event_id=message.eventId,
+        **_decode_fields(getattr(message, kind.wire), kind.fields),
+    )
+    return decoded
+
+
+def action_to_pb(action: OrchestratorAction) -> pb.OrchestratorAction:
+    kind = _lookup_model(_ACTION_BY_MODEL, action)
+    message = pb.OrchestratorAction(id=action.id)
+    body = getattr(message, kind.wire)
+    body.SetInParent()
+    _encode_fields(action, body, kind.fields)
+    return message
+
+
+def action_from_pb(message: pb.OrchestratorAction) -> OrchestratorAction:
+    """Our action for a protocol ``OrchestratorAction``; ``UnsupportedMessageError`` if we have none."""
+    kind = _lookup_wire(_ACTION_BY_WIRE, message, "orchestratorActionType", "orchestrator action")
+    decoded: OrchestratorAction = kind.model(
+        id=message.id, **_decode_fields(getattr(message, kind.wire), kind.fields)
+    )
+    return decoded
+
+
+def metadata_to_pb(metadata: OrchestrationMetadata) -> pb.OrchestrationState:
+    message = pb.OrchestrationState()
+    _encode_fields(metadata, message, _METADATA_FIELDS)
+    return message
+
+
+def metadata_from_pb(message: pb.OrchestrationState) -> OrchestrationMetadata:
+    """Our metadata for an ``OrchestrationState`` (its version, execution id, tags, scheduled and
+    completed timestamps have no place in ``OrchestrationMetadata`` and are dropped)."""
+    return OrchestrationMetadata(**_decode_fields(message, _METADATA_FIELDS))
+
+
+def _lookup_model(table: Mapping[type[Any], _Kind[Any]], value: object) -> _Kind[Any]:
+    try:
+        return table[type(value)]
+    except KeyError:
+        raise TypeError(f"no protocol mapping for {type(value).__name__}") from None
+
+
+def _lookup_wire(table: Mapping[str, _Kind[Any]], message: Any, oneof: str, what: str) -> _Kind[Any]:
+    wire = message.WhichOneof(oneof)
+    if wire is None:
+        raise UnsupportedMessageError(f"protocol {what} has no {oneof} set")
+    try:
+        return table[wire]
+    except KeyError:
+        raise UnsupportedMessageError(
+            f"protocol {what} {wire!r} has no counterpart in duratask's model"
+        ) from None
