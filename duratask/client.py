@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Self
 
 from .backend.api import Backend
 from .connection import open_backend
@@ -49,7 +50,7 @@ class DurableTaskClient:
             self._backend = await open_backend(self._connection_string)
         return self._backend
 
-    async def __aenter__(self) -> DurableTaskClient:
+    async def __aenter__(self) -> Self:
         await self._b()
         return self
 
@@ -79,16 +80,22 @@ class DurableTaskClient:
         future keeps the instance PENDING until then. Raises ``OrchestrationAlreadyExistsError`` if an
         unfinished instance has the id; a finished one is replaced.
         """
-        instance_id = instance_id or (options.instance_id if options else None) or uuid.uuid4().hex
-        start_at = start_at or (options.start_at if options else None)
+        if instance_id is None:
+            instance_id = (
+                options.instance_id if options and options.instance_id is not None else uuid.uuid4().hex
+            )
+        if start_at is None and options is not None:
+            start_at = options.start_at
         if start_at is not None and start_at.tzinfo is None:
-            start_at = start_at.replace(tzinfo=timezone.utc)
+            start_at = start_at.replace(tzinfo=UTC)
         backend = await self._b()
         return await backend.start_orchestration(
             function_name(orchestrator), instance_id, to_json(input), start_at=start_at
         )
 
-    async def get_instance(self, instance_id: str, get_inputs_and_outputs: bool = False) -> OrchestrationMetadata | None:
+    async def get_instance(
+        self, instance_id: str, get_inputs_and_outputs: bool = False
+    ) -> OrchestrationMetadata | None:
         """The instance's metadata, or ``None`` if it does not exist."""
         return await (await self._b()).get_instance(instance_id, get_inputs_and_outputs)
 
@@ -114,7 +121,9 @@ class DurableTaskClient:
         """Send an external event; raises ``InstanceStateError`` if the instance has finished."""
         await (await self._b()).raise_event(instance_id, event_name, to_json(event_data))
 
-    async def terminate_instance(self, instance_id: str, output: Any = None, *, recursive: bool = True) -> None:
+    async def terminate_instance(
+        self, instance_id: str, output: Any = None, *, recursive: bool = True
+    ) -> None:
         """Terminate the instance (and its sub-orchestrations); a finished instance is left as is."""
         await (await self._b()).terminate(instance_id, to_json(output), recursive)
 

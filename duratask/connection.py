@@ -1,10 +1,10 @@
 """Connection strings (SPEC §1): parse one, and open the Backend it names.
 
-    sqlite:///path/to/file.db[?taskhub=NAME&durable=false&lease_seconds=30&max_payload_bytes=N]
-    memory://[?taskhub=NAME]
-    postgresql://user:password@host:port/dbname[?taskhub=NAME]
-    Endpoint=http://host:port;TaskHub=NAME;Authentication=None
-    Endpoint=http://host:port;TaskHub=NAME;Authentication=Token;Token=SECRET
+sqlite:///path/to/file.db[?taskhub=NAME&durable=false&lease_seconds=30&max_payload_bytes=N]
+memory://[?taskhub=NAME]
+postgresql://user:password@host:port/dbname[?taskhub=NAME]
+Endpoint=http://host:port;TaskHub=NAME;Authentication=None
+Endpoint=http://host:port;TaskHub=NAME;Authentication=Token;Token=SECRET
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def parse(connection_string: str) -> Target:
     scheme = scheme.lower()
     if scheme == "sqlite":
         _check_options(options, text)
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        path = parts.path.removeprefix("/")
         if parts.netloc or not path:
             raise ConnectionStringError(f"sqlite connection string {text!r} needs a path: sqlite:///file.db")
         return EmbeddedTarget("sqlite", path, taskhub, options)
@@ -121,7 +121,9 @@ def _parse_endpoint(text: str) -> RemoteTarget:
             raise ConnectionStringError(f"connection string is missing {required.title()}=")
     endpoint = urlsplit(values["endpoint"])
     if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
-        raise ConnectionStringError(f"Endpoint must be http://host:port or https://host:port, got {values['endpoint']!r}")
+        raise ConnectionStringError(
+            f"Endpoint must be http://host:port or https://host:port, got {values['endpoint']!r}"
+        )
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     auth = values["authentication"].lower()
     token = values.get("token")
@@ -150,6 +152,7 @@ async def open_backend(connection_string: str | None = None) -> Backend:
 
 async def _open_embedded(target: EmbeddedTarget) -> Backend:
     from .backend.local import BackendOptions, LocalBackend
+    from .storage.base import Storage
 
     opts = target.options
     try:
@@ -161,6 +164,7 @@ async def _open_embedded(target: EmbeddedTarget) -> Backend:
         raise ConnectionStringError(f"bad numeric option in connection string: {exc}") from None
     durable = opts.get("durable", "true").lower() not in ("false", "0", "no", "off")
     migrate = opts.get("migrate", "true").lower() not in ("false", "0", "no", "off")
+    storage: Storage
     if target.scheme == "postgresql":
         from .storage.postgres import open_postgres_storage
 

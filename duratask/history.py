@@ -11,7 +11,6 @@ Payloads (``input``, ``result``, ``data``) are already-serialized JSON text, or 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Union
 
 import msgspec
 
@@ -134,27 +133,27 @@ class ContinueAsNew(_Event, frozen=True, kw_only=True):
     input: str | None = None
 
 
-HistoryEvent = Union[
-    ExecutionStarted,
-    ExecutionCompleted,
-    ExecutionTerminated,
-    ExecutionSuspended,
-    ExecutionResumed,
-    ExecutionRewound,
-    TaskScheduled,
-    TaskCompleted,
-    TaskFailed,
-    SubOrchestrationInstanceCreated,
-    SubOrchestrationInstanceCompleted,
-    SubOrchestrationInstanceFailed,
-    TimerCreated,
-    TimerFired,
-    OrchestratorStarted,
-    OrchestratorCompleted,
-    EventSent,
-    EventRaised,
-    ContinueAsNew,
-]
+HistoryEvent = (
+    ExecutionStarted
+    | ExecutionCompleted
+    | ExecutionTerminated
+    | ExecutionSuspended
+    | ExecutionResumed
+    | ExecutionRewound
+    | TaskScheduled
+    | TaskCompleted
+    | TaskFailed
+    | SubOrchestrationInstanceCreated
+    | SubOrchestrationInstanceCompleted
+    | SubOrchestrationInstanceFailed
+    | TimerCreated
+    | TimerFired
+    | OrchestratorStarted
+    | OrchestratorCompleted
+    | EventSent
+    | EventRaised
+    | ContinueAsNew
+)
 
 
 # --- actions: what one orchestrator episode asks for -------------------------------------------
@@ -205,14 +204,14 @@ class TerminateOrchestration(_Action, frozen=True, kw_only=True):
     recurse: bool = True
 
 
-OrchestratorAction = Union[
-    ScheduleTask,
-    CreateSubOrchestration,
-    CreateTimer,
-    SendEvent,
-    CompleteOrchestration,
-    TerminateOrchestration,
-]
+OrchestratorAction = (
+    ScheduleTask
+    | CreateSubOrchestration
+    | CreateTimer
+    | SendEvent
+    | CompleteOrchestration
+    | TerminateOrchestration
+)
 
 
 _event_encoder = msgspec.json.Encoder()
@@ -227,7 +226,8 @@ def encode_event(event: HistoryEvent) -> bytes:
 
 def decode_event(data: bytes | str) -> HistoryEvent:
     """Inverse of ``encode_event``."""
-    return _event_decoder.decode(data)
+    event: HistoryEvent = _event_decoder.decode(data)
+    return event
 
 
 def encode_events(events: list[HistoryEvent]) -> bytes:

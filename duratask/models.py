@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -94,7 +94,8 @@ def _decode(text: str | None, type_: type[T]) -> T | None:
 
     if text is None:
         return None
-    return from_json(text, type_)
+    value: T = from_json(text, type_)
+    return value
 
 
 @dataclass(frozen=True)
@@ -145,5 +146,3 @@ def status_from_name(name: str) -> OrchestrationRuntimeStatus:
     except KeyError:
         valid = ", ".join(s.name for s in OrchestrationRuntimeStatus)
         raise ValueError(f"unknown runtime status {name!r}; expected one of {valid}") from None
-
-

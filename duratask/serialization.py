@@ -8,7 +8,8 @@ by the caller (``read_output_as(Order)``).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar, get_type_hints
+from collections.abc import Callable
+from typing import Any, TypeVar, get_type_hints
 
 import msgspec
 
@@ -44,7 +45,9 @@ def to_json(value: Any) -> str | None:
     try:
         return _encoder.encode(value).decode()
     except (NotImplementedError, TypeError, OverflowError, msgspec.EncodeError) as exc:
-        raise SerializationError(f"value of type {type(value).__name__} is not JSON-serializable: {exc}") from exc
+        raise SerializationError(
+            f"value of type {type(value).__name__} is not JSON-serializable: {exc}"
+        ) from exc
 
 
 def from_json(text: str | bytes | None, type_: Any = Any) -> Any:

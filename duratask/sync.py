@@ -11,7 +11,7 @@ import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from .client import DurableTaskClient
 
@@ -24,7 +24,9 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="duratask-sync-client", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="duratask-sync-client", daemon=True
+        )
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
@@ -64,7 +66,7 @@ class SyncDurableTaskClient:
         self._loop = _LoopThread()
         self._client = DurableTaskClient(connection_string)
 
-    def __enter__(self) -> SyncDurableTaskClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

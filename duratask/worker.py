@@ -19,21 +19,20 @@ import contextlib
 import inspect
 import logging
 import signal
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Self, TypeVar, overload
 
 from . import history as h
 from .backend.api import ActivityWorkItem, Backend, OrchestrationResult, OrchestrationWorkItem
 from .client import function_name
 from .connection import open_backend
 from .models import OrchestrationRuntimeStatus, TaskFailureDetails
-from .orchestration.executor import OrchestrationExecutor
+from .orchestration.executor import OrchestrationExecutor, failure_details_of
 from .serialization import from_json, input_type_of, to_json
 
 log = logging.getLogger("duratask.worker")
@@ -49,19 +48,6 @@ class ActivityContext:
     task_id: int
     task_name: str
     attempt: int = 1
-
-
-def failure_details(exc: BaseException) -> TaskFailureDetails:
-    """The failure details recorded for an exception: qualified type, message, stack."""
-    cls = type(exc)
-    error_type = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    inner = exc.__cause__ or exc.__context__
-    return TaskFailureDetails(
-        error_type=error_type,
-        error_message=str(exc),
-        stack_trace="".join(traceback.format_exception(exc)),
-        inner_failure=failure_details(inner) if inner is not None and inner is not exc else None,
-    )
 
 
 @dataclass
@@ -102,7 +88,9 @@ class Worker:
         self._cache: OrderedDict[str, _CachedExecution] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._running_activities: dict[asyncio.Task[None], ActivityWorkItem] = {}
-        self._completions: asyncio.Queue[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]] | None = None
+        self._completions: asyncio.Queue[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]] | None = (
+            None
+        )
         self._slot_free: asyncio.Event | None = None
         self._threads: ThreadPoolExecutor | None = None
         self._stopping = False
@@ -114,10 +102,10 @@ class Worker:
     @overload
     def orchestrator(self, *, name: str | None = None) -> Callable[[F], F]: ...
 
-    def orchestrator(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    def orchestrator(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:  # type: ignore[misc]  # mypy 2.4 misreads keyword-only overloads
         """Register an orchestrator (``async def`` or generator); ``@worker.orchestrator(name=...)``."""
 
-        def register(f: F) -> F:
+        def register(f: Any) -> Any:
             self.add_orchestrator(f, name=name)
             return f
 
@@ -128,10 +116,10 @@ class Worker:
     @overload
     def activity(self, *, name: str | None = None) -> Callable[[F], F]: ...
 
-    def activity(self, fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    def activity(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:  # type: ignore[misc]  # as above
         """Register an activity (plain or ``async def``); ``@worker.activity(name=...)``."""
 
-        def register(f: F) -> F:
+        def register(f: Any) -> Any:
             self.add_activity(f, name=name)
             return f
 
@@ -154,7 +142,9 @@ class Worker:
         self._stopping = False
         self._completions = asyncio.Queue()
         self._slot_free = asyncio.Event()
-        self._threads = ThreadPoolExecutor(self.max_concurrent_activities, thread_name_prefix="duratask-activity")
+        self._threads = ThreadPoolExecutor(
+            self.max_concurrent_activities, thread_name_prefix="duratask-activity"
+        )
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._orchestration_loop(), name="duratask-orchestrations"),
@@ -190,7 +180,7 @@ class Worker:
             self._backend = None
         self._cache.clear()
 
-    async def __aenter__(self) -> Worker:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -207,7 +197,7 @@ class Worker:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 loop.add_signal_handler(sig, stop.set)
         async with self:
             await stop.wait()
@@ -235,7 +225,10 @@ class Worker:
     async def _run_episode(self, backend: Backend, item: OrchestrationWorkItem) -> OrchestrationResult:
         fn = self._orchestrators.get(item.name)
         if fn is None:
-            return _fail(f"no orchestrator named {item.name!r} is registered with this worker", "OrchestratorNotRegistered")
+            return _fail(
+                f"no orchestrator named {item.name!r} is registered with this worker",
+                "OrchestratorNotRegistered",
+            )
         executor = self._take_cached(item)
         past: list[h.HistoryEvent] = []
         if executor is None:  # cache miss: replay the stored history
@@ -246,7 +239,11 @@ class Worker:
         except Exception as exc:  # an engine bug must fail one instance, not the worker
             log.exception("executor failed on instance %s", item.instance_id)
             return OrchestrationResult(
-                actions=[h.CompleteOrchestration(id=-1, status=OrchestrationRuntimeStatus.FAILED, failure=failure_details(exc))]
+                actions=[
+                    h.CompleteOrchestration(
+                        id=-1, status=OrchestrationRuntimeStatus.FAILED, failure=failure_details_of(exc)
+                    )
+                ]
             )
         if not result.is_complete:
             self._cache[item.instance_id] = _CachedExecution(item.execution_id, executor)
@@ -263,7 +260,9 @@ class Worker:
             return None
         return cached.executor
 
-    def _after_commit(self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], applied: list[bool]) -> None:
+    def _after_commit(
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], applied: list[bool]
+    ) -> None:
         for (item, _), ok in zip(done, applied):
             if not ok:  # lease lost: our cached state may be ahead of what is stored
                 self._cache.pop(item.instance_id, None)
@@ -302,12 +301,14 @@ class Worker:
 
     async def _run_activity(self, item: ActivityWorkItem) -> None:
         assert self._completions is not None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         fn = self._activities.get(item.name)
         event: h.TaskCompleted | h.TaskFailed
         try:
             if fn is None:
-                raise ActivityNotRegisteredError(f"no activity named {item.name!r} is registered with this worker")
+                raise ActivityNotRegisteredError(
+                    f"no activity named {item.name!r} is registered with this worker"
+                )
             value = from_json(item.input, input_type_of(fn))
             ctx = ActivityContext(item.instance_id, item.task_id, item.name, item.attempt)
             if inspect.iscoroutinefunction(fn):
@@ -318,8 +319,10 @@ class Worker:
             event = h.TaskCompleted(timestamp=now, task_scheduled_id=item.task_id, result=to_json(output))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            event = h.TaskFailed(timestamp=now, task_scheduled_id=item.task_id, failure=failure_details(exc))
+        except Exception as exc:  # noqa: BLE001 - an activity may raise anything; it becomes TaskFailed
+            event = h.TaskFailed(
+                timestamp=now, task_scheduled_id=item.task_id, failure=failure_details_of(exc)
+            )
         await self._completions.put((item, event))
 
     async def _completer(self) -> None:
@@ -350,7 +353,9 @@ def _fail(message: str, error_type: str) -> OrchestrationResult:
     )
 
 
-def _register(registry: dict[str, Callable[..., Any]], fn: Callable[..., Any], name: str | None, kind: str) -> str:
+def _register(
+    registry: dict[str, Callable[..., Any]], fn: Callable[..., Any], name: str | None, kind: str
+) -> str:
     if not callable(fn):
         raise TypeError(f"{kind} must be callable, got {fn!r}")
     name = name or function_name(fn)
@@ -361,4 +366,3 @@ def _register(registry: dict[str, Callable[..., Any]], fn: Callable[..., Any], n
         with contextlib.suppress(AttributeError, TypeError):
             fn.__duratask_name__ = name  # type: ignore[attr-defined]  # lets ctx.call_activity(fn) find it
     return name
-

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -66,7 +66,7 @@ class BackendOptions:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def validate_instance_id(instance_id: str) -> None:
@@ -129,7 +129,11 @@ class LocalBackend:
     def check_payload(self, what: str, payload: str | None) -> None:
         if payload is None:
             return
-        size = len(payload.encode("utf-8")) if len(payload) * 4 > self.options.max_payload_bytes else len(payload)
+        size = (
+            len(payload.encode("utf-8"))
+            if len(payload) * 4 > self.options.max_payload_bytes
+            else len(payload)
+        )
         if size > self.options.max_payload_bytes:
             raise PayloadTooLargeError(what, size, self.options.max_payload_bytes)
 
@@ -158,7 +162,7 @@ class LocalBackend:
         self.check_payload("orchestration input", input)
         now = utcnow()
         if start_at is not None and start_at.tzinfo is None:
-            start_at = start_at.replace(tzinfo=timezone.utc)
+            start_at = start_at.replace(tzinfo=UTC)
         visible_at = start_at if start_at is not None and start_at > now else now
         execution_id = runtime_state.new_execution_id()
         record = InstanceRecord(
@@ -233,7 +237,9 @@ class LocalBackend:
         rows = await self.storage.query_instances(filter, query.page_size + 1, after)
         page, more = rows[: query.page_size], len(rows) > query.page_size
         token = encode_cursor(PageCursor(page[-1].created_at, page[-1].instance_id)) if more else None
-        return OrchestrationQueryResult(instances=[to_metadata(r, True) for r in page], continuation_token=token)
+        return OrchestrationQueryResult(
+            instances=[to_metadata(r, True) for r in page], continuation_token=token
+        )
 
     async def raise_event(self, instance_id: str, name: str, data: str | None) -> None:
         if not name:
@@ -252,7 +258,9 @@ class LocalBackend:
         visible_at = now
         if record.status is Status.PENDING and record.scheduled_start and record.scheduled_start > now:
             visible_at = record.scheduled_start
-        await self.storage.enqueue([InboxMessage(instance_id=record.instance_id, event=event, visible_at=visible_at)])
+        await self.storage.enqueue(
+            [InboxMessage(instance_id=record.instance_id, event=event, visible_at=visible_at)]
+        )
 
     async def terminate(self, instance_id: str, output: str | None, recursive: bool) -> None:
         self.check_payload("termination output", output)
@@ -264,7 +272,9 @@ class LocalBackend:
             targets += await self._descendants(instance_id)
         now = utcnow()
         event = h.ExecutionTerminated(timestamp=now, input=output, recurse=recursive)
-        await self.storage.enqueue([InboxMessage(instance_id=t, event=event, visible_at=now) for t in targets])
+        await self.storage.enqueue(
+            [InboxMessage(instance_id=t, event=event, visible_at=now) for t in targets]
+        )
 
     async def _descendants(self, instance_id: str) -> list[str]:
         found: list[str] = []
@@ -377,7 +387,9 @@ class LocalBackend:
         return list(result.actions)
 
     async def _terminate_children_of_terminated(
-        self, commits: list[OrchestrationCommit], done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+        self,
+        commits: list[OrchestrationCommit],
+        done: list[tuple[OrchestrationWorkItem, OrchestrationResult]],
     ) -> None:
         """A recursive termination reaches sub-orchestrations started after the terminate request."""
         for commit, (item, _) in zip(commits, done):
@@ -385,7 +397,9 @@ class LocalBackend:
             if term is None or not term.recurse or commit.instance.status is not Status.TERMINATED:
                 continue
             for child in await self.storage.child_instance_ids(item.instance_id):
-                commit.messages.append(InboxMessage(instance_id=child, event=term, visible_at=commit.instance.last_updated_at))
+                commit.messages.append(
+                    InboxMessage(instance_id=child, event=term, visible_at=commit.instance.last_updated_at)
+                )
 
     async def abandon_orchestration(self, item: OrchestrationWorkItem) -> None:
         self._orchestration_leases.pop(item.token, None)
@@ -494,4 +508,3 @@ def _fenced_out(item: OrchestrationWorkItem) -> OrchestrationCommit:
         last_updated_at=utcnow(),
     )
     return OrchestrationCommit(token=item.token, instance=placeholder, history_append=[])
-

@@ -65,7 +65,12 @@ def _create_sub_orchestration(ep: _Episode, a: h.CreateSubOrchestration) -> None
     parent = ep.instance
     ep.append(
         h.SubOrchestrationInstanceCreated(
-            timestamp=ep.now, event_id=a.id, instance_id=a.instance_id, name=a.name, input=a.input, version=a.version
+            timestamp=ep.now,
+            event_id=a.id,
+            instance_id=a.instance_id,
+            name=a.name,
+            input=a.input,
+            version=a.version,
         )
     )
     execution_id = new_execution_id()
@@ -100,7 +105,9 @@ def _create_sub_orchestration(ep: _Episode, a: h.CreateSubOrchestration) -> None
 
 
 def _send_event(ep: _Episode, a: h.SendEvent) -> None:
-    ep.append(h.EventSent(timestamp=ep.now, event_id=a.id, instance_id=a.instance_id, name=a.name, input=a.data))
+    ep.append(
+        h.EventSent(timestamp=ep.now, event_id=a.id, instance_id=a.instance_id, name=a.name, input=a.data)
+    )
     ep.send(a.instance_id, h.EventRaised(timestamp=ep.now, name=a.name, input=a.data))
 
 
@@ -113,7 +120,11 @@ def _complete(ep: _Episode, a: h.CompleteOrchestration) -> None:
         _continue_as_new(ep, a)
         return
     inst = ep.instance
-    ep.append(h.ExecutionCompleted(timestamp=ep.now, event_id=a.id, status=a.status, result=a.result, failure=a.failure))
+    ep.append(
+        h.ExecutionCompleted(
+            timestamp=ep.now, event_id=a.id, status=a.status, result=a.result, failure=a.failure
+        )
+    )
     inst.status = a.status
     inst.output = a.result
     inst.failure = a.failure
@@ -164,7 +175,9 @@ def _continue_as_new(ep: _Episode, a: h.CompleteOrchestration) -> None:
 def _parent_of(inst: InstanceRecord) -> h.ParentInstance | None:
     if inst.parent_instance_id is None or inst.parent_task_id is None:
         return None
-    return h.ParentInstance(instance_id=inst.parent_instance_id, name="", task_scheduled_id=inst.parent_task_id)
+    return h.ParentInstance(
+        instance_id=inst.parent_instance_id, name="", task_scheduled_id=inst.parent_task_id
+    )
 
 
 _ACTION_HANDLERS: dict[type, Callable[[_Episode, object], None]] = {
