@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from ..backend.api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem
 from ..history import (
     CompleteOrchestration,
     ContinueAsNew,
@@ -55,21 +56,47 @@ from ..history import (
     TimerCreated,
     TimerFired,
 )
-from ..models import OrchestrationMetadata, OrchestrationRuntimeStatus, TaskFailureDetails
+from ..models import (
+    OrchestrationMetadata,
+    OrchestrationQuery,
+    OrchestrationQueryResult,
+    OrchestrationRuntimeStatus,
+    PurgeInstancesFilter,
+    TaskFailureDetails,
+)
 from . import StringValue, Timestamp, pb
 
 __all__ = [
+    "StartRequest",
     "UnsupportedMessageError",
     "action_from_pb",
     "action_to_pb",
+    "activity_outcome_from_pb",
+    "activity_outcome_to_pb",
+    "activity_work_item_from_pb",
+    "activity_work_item_to_pb",
     "event_from_pb",
     "event_to_pb",
     "failure_from_pb",
     "failure_to_pb",
+    "instance_response_from_pb",
+    "instance_response_to_pb",
     "metadata_from_pb",
     "metadata_to_pb",
+    "orchestration_result_from_pb",
+    "orchestration_result_to_pb",
+    "orchestration_work_item_from_pb",
+    "orchestration_work_item_to_pb",
     "payload_from_pb",
     "payload_to_pb",
+    "purge_filter_from_pb",
+    "purge_filter_to_pb",
+    "query_from_pb",
+    "query_result_from_pb",
+    "query_result_to_pb",
+    "query_to_pb",
+    "start_request_from_pb",
+    "start_request_to_pb",
     "status_from_pb",
     "status_to_pb",
     "timestamp_from_pb",
@@ -193,6 +220,21 @@ _FAILURE = _Codec(_put_failure, lambda m, f: failure_from_pb(getattr(m, f)))  # 
 _OPTIONAL_FAILURE = _Codec(_put_failure, _get_optional_failure)
 _TAGS = _Codec(_put_tags, lambda m, f: dict(getattr(m, f)) or None)
 _EVENTS = _Codec(_put_events, lambda m, f: [event_from_pb(e) for e in getattr(m, f)])
+
+
+def _put_statuses(message: Any, field: str, value: Any) -> None:
+    if value:
+        getattr(message, field).extend(status_to_pb(status) for status in value)
+
+
+def _put_texts(message: Any, field: str, value: Any) -> None:
+    for text in value or ():
+        getattr(message, field).add(value=text)
+
+
+# Lists that are ``None`` on our side when empty (a filter that is not set).
+_STATUSES = _Codec(_put_statuses, lambda m, f: [status_from_pb(v) for v in getattr(m, f)] or None)
+_WRAPPED_TEXTS = _Codec(_put_texts, lambda m, f: [s.value for s in getattr(m, f)] or None)
 
 
 @dataclass(frozen=True)
@@ -530,3 +572,244 @@ def _lookup_wire(table: Mapping[str, _Kind[Any]], message: Any, oneof: str, what
         raise UnsupportedMessageError(
             f"protocol {what} {wire!r} has no counterpart in duratask's model"
         ) from None
+
+
+# --- client requests and responses -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """The arguments of ``Backend.start_orchestration``, as a ``CreateInstanceRequest`` carries them."""
+
+    name: str
+    instance_id: str
+    input: str | None = None
+    start_at: datetime | None = None
+    version: str | None = None
+    tags: dict[str, str] | None = None
+
+
+# A text that is "" on our side when the protocol leaves its StringValue out (execution ids).
+_OPTIONAL_TEXT = _Codec(
+    lambda m, f, v: _put_optional_wrapped(m, f, v or None), lambda m, f: str(getattr(m, f).value)
+)
+
+_START_FIELDS = (
+    _Field("name", "name", _SCALAR),
+    _Field("instance_id", "instanceId", _SCALAR),
+    _Field("input", "input", _PAYLOAD),
+    _Field("start_at", "scheduledStartTimestamp", _OPTIONAL_TIME),
+    _Field("version", "version", _PAYLOAD),
+    _Field("tags", "tags", _TAGS),
+)
+
+_QUERY_FIELDS = (
+    _Field("runtime_status", "runtimeStatus", _STATUSES),
+    _Field("created_from", "createdTimeFrom", _OPTIONAL_TIME),
+    _Field("created_to", "createdTimeTo", _OPTIONAL_TIME),
+    _Field("instance_id_prefix", "instanceIdPrefix", _PAYLOAD),
+    _Field("task_hub_names", "taskHubNames", _WRAPPED_TEXTS),
+    _Field("page_size", "maxInstanceCount", _SCALAR),
+    _Field("continuation_token", "continuationToken", _PAYLOAD),
+)
+
+_PURGE_FILTER_FIELDS = (
+    _Field("created_from", "createdTimeFrom", _OPTIONAL_TIME),
+    _Field("created_to", "createdTimeTo", _OPTIONAL_TIME),
+    _Field("runtime_status", "runtimeStatus", _STATUSES),
+)
+
+
+def start_request_to_pb(request: StartRequest) -> pb.CreateInstanceRequest:
+    message = pb.CreateInstanceRequest()
+    _encode_fields(request, message, _START_FIELDS)
+    return message
+
+
+def start_request_from_pb(message: pb.CreateInstanceRequest) -> StartRequest:
+    """Our start arguments; an empty ``instanceId`` stays empty (the protocol's "pick one for me")."""
+    return StartRequest(**_decode_fields(message, _START_FIELDS))
+
+
+def instance_response_to_pb(metadata: OrchestrationMetadata | None) -> pb.GetInstanceResponse:
+    if metadata is None:
+        return pb.GetInstanceResponse(exists=False)
+    return pb.GetInstanceResponse(exists=True, orchestrationState=metadata_to_pb(metadata))
+
+
+def instance_response_from_pb(message: pb.GetInstanceResponse) -> OrchestrationMetadata | None:
+    """The instance's metadata, ``None`` when the response says it does not exist."""
+    return metadata_from_pb(message.orchestrationState) if message.exists else None
+
+
+def query_to_pb(query: OrchestrationQuery) -> pb.InstanceQuery:
+    """Our query as an ``InstanceQuery``; results of our queries always carry inputs and outputs."""
+    message = pb.InstanceQuery(fetchInputsAndOutputs=True)
+    _encode_fields(query, message, _QUERY_FIELDS)
+    return message
+
+
+def query_from_pb(message: pb.InstanceQuery) -> OrchestrationQuery:
+    """Our query for an ``InstanceQuery``: empty texts and lists are unset filters, and a
+    ``maxInstanceCount`` of 0 (unset in proto3) is our default page size."""
+    decoded = _decode_fields(message, _QUERY_FIELDS)
+    if decoded["page_size"] == 0:
+        del decoded["page_size"]
+    for optional_text in ("instance_id_prefix", "continuation_token"):
+        decoded[optional_text] = decoded[optional_text] or None
+    return OrchestrationQuery(**decoded)
+
+
+def query_result_to_pb(result: OrchestrationQueryResult) -> pb.QueryInstancesResponse:
+    message = pb.QueryInstancesResponse(orchestrationState=[metadata_to_pb(m) for m in result.instances])
+    _put_optional_wrapped(message, "continuationToken", result.continuation_token)
+    return message
+
+
+def query_result_from_pb(message: pb.QueryInstancesResponse) -> OrchestrationQueryResult:
+    """One page; an empty continuation token, like an absent one, means the last page."""
+    return OrchestrationQueryResult(
+        instances=[metadata_from_pb(state) for state in message.orchestrationState],
+        continuation_token=payload_from_pb(message, "continuationToken") or None,
+    )
+
+
+def purge_filter_to_pb(filter: PurgeInstancesFilter) -> pb.PurgeInstanceFilter:
+    message = pb.PurgeInstanceFilter()
+    _encode_fields(filter, message, _PURGE_FILTER_FIELDS)
+    return message
+
+
+def purge_filter_from_pb(message: pb.PurgeInstanceFilter) -> PurgeInstancesFilter:
+    """Our filter (the protocol's ``timeout`` has no counterpart and is dropped)."""
+    return PurgeInstancesFilter(**_decode_fields(message, _PURGE_FILTER_FIELDS))
+
+
+# --- work items and their results ------------------------------------------------------------
+
+
+def _put_actions(message: Any, field: str, value: Any) -> None:
+    getattr(message, field).extend(action_to_pb(action) for action in value)
+
+
+_ACTIONS = _Codec(_put_actions, lambda m, f: [action_from_pb(a) for a in getattr(m, f)])
+
+_ORCHESTRATOR_REQUEST_FIELDS = (
+    _Field("instance_id", "instanceId", _SCALAR),
+    _Field("execution_id", "executionId", _OPTIONAL_TEXT),
+    _Field("new_events", "newEvents", _EVENTS),
+)
+
+_ACTIVITY_REQUEST_FIELDS = (
+    _Field("name", "name", _SCALAR),
+    _Field("input", "input", _PAYLOAD),
+    _Field("instance_id", "orchestrationInstance.instanceId", _SCALAR),
+    _Field("execution_id", "orchestrationInstance.executionId", _OPTIONAL_TEXT),
+    _Field("task_id", "taskId", _SCALAR),
+    _Field("version", "version", _PAYLOAD),
+)
+
+_ORCHESTRATION_RESULT_FIELDS = (
+    _Field("actions", "actions", _ACTIONS),
+    _Field("custom_status", "customStatus", _PAYLOAD),
+)
+
+
+def orchestration_work_item_to_pb(item: OrchestrationWorkItem) -> pb.WorkItem:
+    """A ``WorkItem`` with an ``OrchestratorRequest``. An item without ``history`` is sent with
+    ``requiresHistoryStreaming`` (only for workers that declared that capability). The item's name
+    and history length are not on the wire: a worker reads them from the events."""
+    message = pb.WorkItem(completionToken=item.token)
+    request = message.orchestratorRequest
+    request.SetInParent()
+    _encode_fields(item, request, _ORCHESTRATOR_REQUEST_FIELDS)
+    if item.history is None:
+        request.requiresHistoryStreaming = True
+    else:
+        request.pastEvents.extend(event_to_pb(event) for event in item.history)
+    return message
+
+
+def orchestration_work_item_from_pb(
+    message: pb.WorkItem, past_events: Sequence[pb.HistoryEvent] | None = None
+) -> OrchestrationWorkItem:
+    """Our work item for a ``WorkItem`` with an ``OrchestratorRequest``, the full history included.
+
+    ``past_events`` is the history when the request came without it (``requiresHistoryStreaming``:
+    the caller fetched it with ``StreamInstanceHistory``). The orchestrator's name, and the
+    execution id when the request has none, come from the ``ExecutionStarted`` event. Raises
+    ``UnsupportedMessageError`` for events duratask has no counterpart for.
+    """
+    request = message.orchestratorRequest
+    if past_events is None:
+        if request.requiresHistoryStreaming:
+            raise ValueError("the request asks the worker to stream the history: pass past_events")
+        past_events = request.pastEvents
+    history = [event_from_pb(event) for event in past_events]
+    fields = _decode_fields(request, _ORCHESTRATOR_REQUEST_FIELDS)
+    started = next((e for e in (*history, *fields["new_events"]) if isinstance(e, ExecutionStarted)), None)
+    if started is not None and not fields["execution_id"]:
+        fields["execution_id"] = started.execution_id
+    return OrchestrationWorkItem(
+        **fields,
+        name=started.name if started is not None else "",
+        token=message.completionToken,
+        history_length=len(history),
+        history=history,
+    )
+
+
+def activity_work_item_to_pb(item: ActivityWorkItem) -> pb.WorkItem:
+    """A ``WorkItem`` with an ``ActivityRequest`` (the attempt number is not on the wire)."""
+    message = pb.WorkItem(completionToken=item.token)
+    request = message.activityRequest
+    request.SetInParent()
+    _encode_fields(item, request, _ACTIVITY_REQUEST_FIELDS)
+    return message
+
+
+def activity_work_item_from_pb(message: pb.WorkItem) -> ActivityWorkItem:
+    return ActivityWorkItem(
+        token=message.completionToken, **_decode_fields(message.activityRequest, _ACTIVITY_REQUEST_FIELDS)
+    )
+
+
+def orchestration_result_to_pb(
+    item: OrchestrationWorkItem, result: OrchestrationResult
+) -> pb.OrchestratorResponse:
+    message = pb.OrchestratorResponse(instanceId=item.instance_id, completionToken=item.token)
+    _encode_fields(result, message, _ORCHESTRATION_RESULT_FIELDS)
+    return message
+
+
+def orchestration_result_from_pb(message: pb.OrchestratorResponse) -> OrchestrationResult:
+    """The episode's result (which work item it completes: ``instanceId`` and ``completionToken``)."""
+    return OrchestrationResult(**_decode_fields(message, _ORCHESTRATION_RESULT_FIELDS))
+
+
+def activity_outcome_to_pb(
+    item: ActivityWorkItem, outcome: TaskCompleted | TaskFailed
+) -> pb.ActivityResponse:
+    message = pb.ActivityResponse(
+        instanceId=item.instance_id, taskId=item.task_id, completionToken=item.token
+    )
+    if isinstance(outcome, TaskFailed):
+        message.failureDetails.SetInParent()
+        message.failureDetails.CopyFrom(failure_to_pb(outcome.failure))
+    else:
+        _put_optional_wrapped(message, "result", outcome.result)
+    return message
+
+
+def activity_outcome_from_pb(message: pb.ActivityResponse, timestamp: datetime) -> TaskCompleted | TaskFailed:
+    """The history event an ``ActivityResponse`` becomes, stamped with ``timestamp`` (the wire has none):
+    ``TaskFailed`` when it carries failure details, else ``TaskCompleted``."""
+    if message.HasField("failureDetails"):
+        return TaskFailed(
+            timestamp=timestamp,
+            task_scheduled_id=message.taskId,
+            failure=failure_from_pb(message.failureDetails),
+        )
+    return TaskCompleted(
+        timestamp=timestamp, task_scheduled_id=message.taskId, result=payload_from_pb(message, "result")
+    )
