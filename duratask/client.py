@@ -19,17 +19,8 @@ from .models import (
     PurgeResult,
     StartOrchestrationOptions,
 )
+from .orchestration.context import name_of
 from .serialization import to_json
-
-
-def function_name(fn_or_name: str | Callable[..., Any]) -> str:
-    """The registered name of an orchestrator or activity given as a function or a name."""
-    if isinstance(fn_or_name, str):
-        return fn_or_name
-    name = getattr(fn_or_name, "__duratask_name__", None) or getattr(fn_or_name, "__name__", None)
-    if not isinstance(name, str):
-        raise TypeError(f"expected a function or a name, got {fn_or_name!r}")
-    return name
 
 
 class DurableTaskClient:
@@ -90,7 +81,7 @@ class DurableTaskClient:
             start_at = start_at.replace(tzinfo=UTC)
         backend = await self._b()
         return await backend.start_orchestration(
-            function_name(orchestrator), instance_id, to_json(input), start_at=start_at
+            name_of(orchestrator), instance_id, to_json(input), start_at=start_at
         )
 
     async def get_instance(

@@ -7,9 +7,11 @@ by the caller (``read_output_as(Order)``).
 
 from __future__ import annotations
 
+import collections.abc
+import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -64,15 +66,64 @@ def from_json(text: str | bytes | None, type_: Any = Any) -> Any:
 
 def input_type_of(fn: Callable[..., Any]) -> Any:
     """The annotated type of a function's second parameter (its input), or ``Any``."""
-    return _annotation(fn, index=1)
+    return _cached(_input_type, fn)
 
 
-def _annotation(fn: Callable[..., Any], index: int) -> Any:
+def result_type_of(fn_or_name: Callable[..., Any] | str) -> Any:
+    """The type to decode a function's result into: its return annotation, else ``Any``.
+
+    For generator and coroutine annotations it is the type they finally return.
+    """
+    if isinstance(fn_or_name, str):
+        return Any
+    return _cached(_result_type, fn_or_name)
+
+
+def _cached(compute: Callable[[Callable[..., Any]], Any], fn: Callable[..., Any]) -> Any:
+    """Type hints are slow to resolve and asked for on every call: remember them per function."""
+    try:
+        return _hint_cache(compute, fn)
+    except TypeError:  # an unhashable callable object
+        return compute(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hint_cache(compute: Callable[[Callable[..., Any]], Any], fn: Callable[..., Any]) -> Any:
+    return compute(fn)
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return get_type_hints(fn)
+    except (NameError, TypeError, AttributeError, SyntaxError):  # unresolvable or odd annotations
+        return {}
+
+
+def _input_type(fn: Callable[..., Any]) -> Any:
     try:
         params = list(inspect.signature(fn).parameters.values())
-        hints = get_type_hints(fn)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError):
         return Any
-    if len(params) <= index:
+    if len(params) <= 1:
         return Any
-    return hints.get(params[index].name, Any)
+    return _hints(fn).get(params[1].name, Any)
+
+
+#: For these return annotations, the index of the type argument that is the final result.
+_RESULT_ARG = {
+    collections.abc.Generator: 2,
+    collections.abc.Coroutine: 2,
+    collections.abc.Awaitable: 0,
+}
+
+
+def _result_type(fn: Callable[..., Any]) -> Any:
+    hint = _hints(fn).get("return", Any)
+    origin = get_origin(hint)
+    if origin in _RESULT_ARG:
+        args = get_args(hint)
+        index = _RESULT_ARG[origin]
+        return args[index] if len(args) > index else Any
+    if origin in (collections.abc.Iterator, collections.abc.Iterable) or isinstance(hint, TypeVar):
+        return Any
+    return hint

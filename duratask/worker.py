@@ -29,9 +29,9 @@ from typing import Any, Self, TypeVar, overload
 
 from . import history as h
 from .backend.api import ActivityWorkItem, Backend, OrchestrationResult, OrchestrationWorkItem
-from .client import function_name
 from .connection import open_backend
 from .models import OrchestrationRuntimeStatus, TaskFailureDetails
+from .orchestration.context import name_of
 from .orchestration.executor import OrchestrationExecutor, failure_details_of
 from .serialization import from_json, input_type_of, to_json
 
@@ -358,7 +358,7 @@ def _register(
 ) -> str:
     if not callable(fn):
         raise TypeError(f"{kind} must be callable, got {fn!r}")
-    name = name or function_name(fn)
+    name = name or name_of(fn)
     if name in registry and registry[name] is not fn:
         raise ValueError(f"an {kind} named {name!r} is already registered")
     registry[name] = fn

@@ -7,13 +7,12 @@ otherwise, and completes the step's task when history delivers the outcome. The 
 
 from __future__ import annotations
 
-import collections.abc
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar
 
 from ..errors import SerializationError, TaskFailedError
 from ..history import (
@@ -25,7 +24,7 @@ from ..history import (
     SendEvent,
 )
 from ..models import TaskFailureDetails
-from ..serialization import from_json, to_json
+from ..serialization import from_json, result_type_of, to_json
 from .tasks import CompletableTask, RetryPolicy, Task
 
 T = TypeVar("T")
@@ -286,29 +285,3 @@ def name_of(fn_or_name: Callable[..., Any] | str) -> str:
         if isinstance(name, str) and name:
             return name
     raise TypeError(f"expected a registered function or a name, got {fn_or_name!r}")
-
-
-_RESULT_OF_RETURN_ANNOTATION: dict[Any, int] = {
-    # For these annotations the value the function produces is a type argument, not the annotation.
-    collections.abc.Generator: 2,
-    collections.abc.Coroutine: 2,
-    collections.abc.Awaitable: 0,
-}
-
-
-def result_type_of(fn_or_name: Callable[..., Any] | str) -> Any:
-    """The type to decode a function's result into: its return annotation, else ``Any``."""
-    if isinstance(fn_or_name, str):
-        return Any
-    try:
-        hint = get_type_hints(fn_or_name).get("return", Any)
-    except (NameError, TypeError, AttributeError, SyntaxError):  # unresolvable or odd annotations
-        return Any
-    origin = get_origin(hint)
-    if origin in _RESULT_OF_RETURN_ANNOTATION:
-        args = get_args(hint)
-        index = _RESULT_OF_RETURN_ANNOTATION[origin]
-        return args[index] if len(args) > index else Any
-    if origin in (collections.abc.Iterator, collections.abc.Iterable) or isinstance(hint, TypeVar):
-        return Any
-    return hint

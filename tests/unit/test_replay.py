@@ -56,7 +56,7 @@ from duratask.orchestration import (
     when_all,
     when_any,
 )
-from duratask.orchestration.context import result_type_of
+from duratask.serialization import result_type_of
 from duratask.serialization import from_json, to_json
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
