@@ -1,0 +1,381 @@
+"""The storage operations as plain functions over a ``Tx``; each runs inside one transaction
+(or one savepoint of a coalesced transaction) on the connection thread."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+from ...errors import OrchestrationAlreadyExistsError
+from ...history import HistoryEvent, decode_event, encode_event
+from ...models import OrchestrationRuntimeStatus
+from ...notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ..base import (
+    ActivityCompletion,
+    ActivityLease,
+    ActivityTask,
+    InboxMessage,
+    InstanceFilter,
+    InstanceRecord,
+    NewInstance,
+    OrchestrationCommit,
+    OrchestrationLease,
+    PageCursor,
+)
+from .filters import instance_conditions, select_instance_ids_sql, select_instances_sql
+from .rows import from_micros, instance_from_row, instance_params, seconds_to_micros, to_micros
+from .runner import Tx
+from .sql import Q
+
+# --- instances -------------------------------------------------------------------------------
+
+
+def get_instance(tx: Tx, instance_id: str) -> InstanceRecord | None:
+    row = tx.conn.execute(Q.get_instance, {"taskhub": tx.taskhub, "instance_id": instance_id}).fetchone()
+    return None if row is None else instance_from_row(row)
+
+
+def query_instances(
+    tx: Tx, filter: InstanceFilter, limit: int, after: PageCursor | None
+) -> list[InstanceRecord]:
+    where, params = instance_conditions(tx.taskhub, filter, after)
+    params["limit"] = limit
+    return [instance_from_row(row) for row in tx.conn.execute(select_instances_sql(where), params)]
+
+
+def get_history(tx: Tx, instance_id: str) -> list[HistoryEvent]:
+    rows = tx.conn.execute(Q.get_history, {"taskhub": tx.taskhub, "instance_id": instance_id})
+    return [decode_event(event) for (event,) in rows]
+
+
+def child_instance_ids(tx: Tx, instance_id: str) -> list[str]:
+    rows = tx.conn.execute(Q.child_instance_ids, {"taskhub": tx.taskhub, "instance_id": instance_id})
+    return [child for (child,) in rows]
+
+
+def next_visible_at(tx: Tx) -> datetime | None:
+    (micros,) = tx.conn.execute(Q.next_visible_at, {"taskhub": tx.taskhub, "now": tx.now}).fetchone()
+    return None if micros is None else from_micros(micros)
+
+
+def create_instance(tx: Tx, new: NewInstance) -> None:
+    if not _create(tx, new):
+        raise OrchestrationAlreadyExistsError(new.record.instance_id)
+
+
+def _create(tx: Tx, new: NewInstance) -> bool:
+    """Create ``new`` (replacing a terminal instance of that id); ``False`` if an unfinished one exists."""
+    instance_id = new.record.instance_id
+    existing = _status(tx, instance_id)
+    if existing is not None:
+        if not existing.is_terminal:
+            return False
+        _delete_instance_data(tx, instance_id)
+    tx.conn.execute(Q.insert_instance, instance_params(tx.taskhub, new.record))
+    tx.conn.execute(
+        Q.insert_message,
+        {
+            "taskhub": tx.taskhub,
+            "instance_id": instance_id,
+            "visible_at": to_micros(new.visible_at),
+            "event": encode_event(new.started),
+        },
+    )
+    tx.notify(ORCHESTRATIONS, instance_topic(instance_id))
+    return True
+
+
+def _status(tx: Tx, instance_id: str) -> OrchestrationRuntimeStatus | None:
+    row = tx.conn.execute(Q.instance_status, {"taskhub": tx.taskhub, "instance_id": instance_id}).fetchone()
+    return None if row is None else OrchestrationRuntimeStatus(row[0])
+
+
+def _delete_instance_data(tx: Tx, instance_id: str) -> None:
+    key = {"taskhub": tx.taskhub, "instance_id": instance_id}
+    for statement in (
+        Q.delete_instance_history,
+        Q.delete_instance_inbox,
+        Q.delete_instance_activities,
+        Q.delete_instance_row,
+    ):
+        tx.conn.execute(statement, key)
+
+
+def enqueue(tx: Tx, messages: list[InboxMessage]) -> None:
+    if _insert_messages(tx, messages):
+        tx.notify(ORCHESTRATIONS)
+
+
+def _insert_messages(tx: Tx, messages: list[InboxMessage]) -> bool:
+    """Append to existing instances' inboxes; returns whether there was anything to append."""
+    tx.conn.executemany(
+        Q.insert_message_if_instance_exists,
+        [
+            {
+                "taskhub": tx.taskhub,
+                "instance_id": message.instance_id,
+                "visible_at": to_micros(message.visible_at),
+                "event": encode_event(message.event),
+            }
+            for message in messages
+        ],
+    )
+    return bool(messages)
+
+
+def delete_instances(tx: Tx, instance_ids: list[str]) -> int:
+    deleted = 0
+    for instance_id in dict.fromkeys(instance_ids):  # each id once, in order
+        status = _status(tx, instance_id)
+        if status is not None and status.is_terminal:
+            _delete_instance_data(tx, instance_id)
+            tx.notify(instance_topic(instance_id))
+            deleted += 1
+    return deleted
+
+
+def delete_instances_matching(tx: Tx, filter: InstanceFilter) -> int:
+    where, params = instance_conditions(tx.taskhub, filter, terminal_only=True)
+    instance_ids = [instance_id for (instance_id,) in tx.conn.execute(select_instance_ids_sql(where), params)]
+    return delete_instances(tx, instance_ids)
+
+
+# --- orchestration work items ----------------------------------------------------------------
+
+
+def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+    conn, taskhub, now = tx.conn, tx.taskhub, tx.now
+    candidates = [
+        instance_id
+        for (instance_id,) in conn.execute(
+            Q.orchestration_candidates, {"taskhub": taskhub, "now": now, "limit": limit}
+        )
+    ]
+    if not candidates:
+        return []
+    expires = now + seconds_to_micros(lease_seconds)
+    leases = [
+        {
+            "taskhub": taskhub,
+            "instance_id": instance_id,
+            "token": uuid.uuid4().hex,
+            "expires": expires,
+            "now": now,
+        }
+        for instance_id in candidates
+    ]
+    conn.executemany(Q.take_instance_lease, leases)
+    conn.executemany(Q.mark_messages, leases)
+
+    batch = {"taskhub": taskhub, "instance_ids": json.dumps(candidates)}
+    new_events: dict[str, list[HistoryEvent]] = {instance_id: [] for instance_id in candidates}
+    for instance_id, event in conn.execute(Q.leased_messages, batch):
+        new_events[instance_id].append(decode_event(event))
+    lengths = dict(conn.execute(Q.history_lengths, batch).fetchall())
+    records = {row[0]: row for row in conn.execute(Q.leased_instances, batch)}
+    expires_at = from_micros(expires)
+    return [
+        OrchestrationLease(
+            instance=instance_from_row(records[instance_id]),
+            token=records[instance_id][-1],
+            expires_at=expires_at,
+            new_events=new_events[instance_id],
+            history_length=lengths.get(instance_id, 0),
+        )
+        for instance_id in candidates
+    ]
+
+
+def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bool]:
+    """Fence every commit, then apply the accepted ones stage by stage, each stage one statement
+    over the whole batch (the cost of a batch is a handful of statements, not a handful per commit).
+
+    The stages keep the order a single commit needs (own history and row, then consumed messages,
+    activities, sub-orchestrations, then outgoing messages), so the batch has the effect of its
+    commits applied one after another.
+    """
+    identities = _live_leases(tx, commits)
+    accepted: list[bool] = []
+    applied: list[OrchestrationCommit] = []
+    renamed: list[OrchestrationCommit] = []
+    for commit in commits:
+        instance = commit.instance
+        held = identities.pop((instance.instance_id, commit.token), None)  # a lease settles once
+        accepted.append(held is not None)
+        if held is not None:
+            applied.append(commit)
+            if held != _identity(tx.taskhub, instance):
+                renamed.append(commit)
+    if applied:
+        _apply(tx, applied, renamed)
+    return accepted
+
+
+def _identity(taskhub: str, instance: InstanceRecord) -> tuple[object, ...]:
+    params = instance_params(taskhub, instance)
+    return tuple(params[column] for column in _IDENTITY_COLUMNS)
+
+
+_IDENTITY_COLUMNS = ("name", "created_at", "parent_instance_id", "parent_task_id")
+
+
+def _live_leases(tx: Tx, commits: list[OrchestrationCommit]) -> dict[tuple[str, str], tuple[object, ...]]:
+    """(instance id, token) of each live lease among the commits' instances -> the row's identity columns."""
+    instance_ids = json.dumps(sorted({commit.instance.instance_id for commit in commits}))
+    rows = tx.conn.execute(Q.instance_leases, {"taskhub": tx.taskhub, "instance_ids": instance_ids})
+    return {
+        (instance_id, token): tuple(identity)
+        for instance_id, token, expires, *identity in rows
+        if token is not None and expires > tx.now
+    }
+
+
+def _apply(tx: Tx, commits: list[OrchestrationCommit], renamed: list[OrchestrationCommit]) -> None:
+    conn, taskhub = tx.conn, tx.taskhub
+    keys = [{"taskhub": taskhub, "instance_id": c.instance.instance_id, "token": c.token} for c in commits]
+    instance_ids = json.dumps([c.instance.instance_id for c in commits])
+
+    conn.executemany(Q.delete_instance_history, [key for key, c in zip(keys, commits) if c.reset_history])
+    lengths = dict(
+        conn.execute(Q.history_lengths, {"taskhub": taskhub, "instance_ids": instance_ids}).fetchall()
+    )
+    conn.executemany(
+        Q.insert_history,
+        [
+            {
+                "taskhub": taskhub,
+                "instance_id": c.instance.instance_id,
+                "seq": lengths.get(c.instance.instance_id, 0) + offset,
+                "event": encode_event(event),
+            }
+            for c in commits
+            for offset, event in enumerate(c.history_append)
+        ],
+    )
+    conn.executemany(Q.update_instance_and_release, [instance_params(taskhub, c.instance) for c in commits])
+    conn.executemany(Q.update_instance_identity, [instance_params(taskhub, c.instance) for c in renamed])
+    conn.executemany(Q.consume_messages, keys)
+    tx.notify(*(instance_topic(c.instance.instance_id) for c in commits))
+
+    activities = [task for c in commits for task in c.activities]
+    if activities:
+        _insert_activities(tx, activities)
+        tx.notify(ACTIVITIES)
+    # Sub-orchestrations before messages: an event sent to a child created in the same episode
+    # must find it.
+    for new in (new for c in commits for new in c.new_instances):
+        _create(tx, new)
+    sent = _insert_messages(tx, [message for c in commits for message in c.messages])
+    if sent or _any_visible_messages(tx, instance_ids):
+        # Also when messages that arrived during a lease wait: a worker that found the instance
+        # leased went back to sleep.
+        tx.notify(ORCHESTRATIONS)
+
+
+def _insert_activities(tx: Tx, activities: list[ActivityTask]) -> None:
+    tx.conn.executemany(
+        Q.insert_activity,
+        [
+            {
+                "taskhub": tx.taskhub,
+                "instance_id": task.instance_id,
+                "execution_id": task.execution_id,
+                "task_id": task.task_id,
+                "name": task.name,
+                "version": task.version,
+                "input": task.input,
+                "created_at": tx.now,
+            }
+            for task in activities
+        ],
+    )
+
+
+def _any_visible_messages(tx: Tx, instance_ids_json: str) -> bool:
+    params = {"taskhub": tx.taskhub, "instance_ids": instance_ids_json, "now": tx.now}
+    return bool(tx.conn.execute(Q.any_visible_messages, params).fetchone()[0])
+
+
+def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
+    params = {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
+    if tx.conn.execute(Q.release_instance_lease, params).rowcount:
+        tx.conn.execute(Q.unmark_messages, params)
+        tx.notify(ORCHESTRATIONS)
+
+
+# --- activity work items ---------------------------------------------------------------------
+
+
+def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[ActivityLease]:
+    expires = tx.now + seconds_to_micros(lease_seconds)
+    params = {"taskhub": tx.taskhub, "now": tx.now, "limit": limit, "expires": expires}
+    rows = sorted(tx.conn.execute(Q.lease_activities, params).fetchall())
+    expires_at = from_micros(expires)
+    return [
+        ActivityLease(
+            activity_id=activity_id,
+            token=token,
+            expires_at=expires_at,
+            task=ActivityTask(
+                instance_id=instance_id,
+                execution_id=execution_id,
+                task_id=task_id,
+                name=name,
+                input=input_,
+                version=version,
+            ),
+            attempt=attempt,
+        )
+        for activity_id, token, instance_id, execution_id, task_id, name, input_, version, attempt in rows
+    ]
+
+
+def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> list[bool]:
+    return [_complete_activity(tx, completion) for completion in completions]
+
+
+def _complete_activity(tx: Tx, completion: ActivityCompletion) -> bool:
+    conn, taskhub = tx.conn, tx.taskhub
+    activity = {"taskhub": taskhub, "id": completion.activity_id}
+    row = conn.execute(Q.activity_lease, activity).fetchone()
+    if row is None:
+        return False
+    token, expires, instance_id, execution_id = row
+    if token != completion.token or expires <= tx.now:
+        return False
+    conn.execute(Q.delete_activity, activity)
+    target = conn.execute(Q.instance_status, {"taskhub": taskhub, "instance_id": instance_id}).fetchone()
+    if (
+        target is not None
+        and target[1] == execution_id
+        and not OrchestrationRuntimeStatus(target[0]).is_terminal
+    ):
+        conn.execute(
+            Q.insert_message,
+            {
+                "taskhub": taskhub,
+                "instance_id": instance_id,
+                "visible_at": tx.now,
+                "event": encode_event(completion.event),
+            },
+        )
+        tx.notify(ORCHESTRATIONS)
+    return True
+
+
+def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:
+    params = {"taskhub": tx.taskhub, "id": activity_id, "token": token}
+    if tx.conn.execute(Q.release_activity_lease, params).rowcount:
+        tx.notify(ACTIVITIES)
+
+
+def renew_activity_lease(tx: Tx, activity_id: int, token: str, lease_seconds: float) -> bool:
+    params = {
+        "taskhub": tx.taskhub,
+        "id": activity_id,
+        "token": token,
+        "now": tx.now,
+        "expires": tx.now + seconds_to_micros(lease_seconds),
+    }
+    return bool(tx.conn.execute(Q.renew_activity_lease, params).rowcount)

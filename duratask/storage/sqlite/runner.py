@@ -1,0 +1,222 @@
+"""One thread that owns the SQLite connection and runs every statement, fed by a queue.
+
+Callers on any event loop hand it a function; it runs the function on its connection and resolves
+the caller's future with ``loop.call_soon_threadsafe``, so the event loop never blocks on disk and
+concurrent callers are serialized without locks.
+
+Write functions that are queued together share one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync),
+each inside its own savepoint so that one raising rolls back only itself. Notifications go out
+after the commit, so a woken waiter always sees the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ...notify import Notifier
+
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Upper bound on writes coalesced into one transaction (keeps any single commit short).
+MAX_COALESCED_WRITES = 256
+
+
+class Tx:
+    """What a storage function sees: the connection, the hub, one clock reading, topics to notify."""
+
+    __slots__ = ("conn", "now", "taskhub", "topics")
+
+    def __init__(self, conn: sqlite3.Connection, taskhub: str) -> None:
+        self.conn = conn
+        self.taskhub = taskhub
+        #: Microseconds since the epoch, read once so a whole operation agrees on "now".
+        self.now = time.time_ns() // 1000
+        self.topics: set[str] = set()
+
+    def notify(self, *topics: str) -> None:
+        """Wake waiters of ``topics`` once the transaction has committed."""
+        self.topics.update(topics)
+
+
+class _Job(Generic[T]):
+    __slots__ = ("fn", "future", "loop", "write")
+
+    def __init__(
+        self, fn: Callable[[Tx], T], write: bool, loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]
+    ) -> None:
+        self.fn = fn
+        self.write = write
+        self.loop = loop
+        self.future = future
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+        except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+_STOP = object()
+
+
+class SqliteRunner:
+    """Owns one connection on one thread. ``start`` connects; ``call`` runs work; ``stop`` closes."""
+
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], taskhub: str, notifier: Notifier, name: str
+    ) -> None:
+        self._connect = connect
+        self._taskhub = taskhub
+        self._notifier = notifier
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def wait_ready(self) -> None:
+        """Return once connected and migrated; raise what connecting raised."""
+        await asyncio.shield(asyncio.wrap_future(self._ready))
+
+    async def call(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+        """Run ``fn`` on the connection thread; writes run inside a transaction."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the SQLite storage is closed")
+            self._queue.put(_Job(fn, write, loop, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish the work already queued, close the connection, end the thread."""
+        with self._lock:
+            if not self._stopping:
+                self._stopping = True
+                self._queue.put(_STOP)
+        if self._thread.ident is None:  # never started
+            return
+        await asyncio.shield(asyncio.wrap_future(self._stopped))
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits wait_ready()
+            self._ready.set_exception(exc)
+            self._stopped.set_result(None)
+            return
+        self._ready.set_result(None)
+        try:
+            self._serve(conn)
+        finally:
+            try:
+                conn.close()
+            finally:
+                self._stopped.set_result(None)
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_COALESCED_WRITES:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not self._run_batch(conn, batch):
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
+        """Run jobs in order, consecutive writes in one transaction. ``False`` once told to stop."""
+        writes: list[_Job[Any]] = []
+        for item in batch:
+            if item is _STOP:
+                self._run_writes(conn, writes)
+                return False
+            if item.write:
+                writes.append(item)
+                continue
+            self._run_writes(conn, writes)
+            writes = []
+            self._run_read(conn, item)
+        self._run_writes(conn, writes)
+        return True
+
+    def _run_read(self, conn: sqlite3.Connection, job: _Job[Any]) -> None:
+        if job.future.cancelled():
+            return
+        try:
+            result = job.fn(Tx(conn, self._taskhub))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            job.settle(None, exc)
+        else:
+            job.settle(result, None)
+
+    def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
+        jobs = [job for job in jobs if not job.future.cancelled()]
+        if not jobs:
+            return
+        outcomes: list[tuple[_Job[Any], Any, BaseException | None, set[str]]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                outcomes.append(self._run_in_savepoint(conn, job))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # the transaction as a whole failed: so did every job in it
+            logger.debug("SQLite write transaction failed", exc_info=True)
+            _rollback_quietly(conn)
+            for job in jobs:
+                job.settle(None, exc)
+            return
+        topics = set().union(*(job_topics for _, _, error, job_topics in outcomes if error is None))
+        if topics:
+            self._notifier.notify(*topics)
+        for job, result, error, _ in outcomes:
+            job.settle(result, error)
+
+    def _run_in_savepoint(
+        self, conn: sqlite3.Connection, job: _Job[Any]
+    ) -> tuple[_Job[Any], Any, BaseException | None, set[str]]:
+        tx = Tx(conn, self._taskhub)
+        conn.execute("SAVEPOINT job")
+        try:
+            result = job.fn(tx)
+        except Exception as exc:  # noqa: BLE001 - raised again in the caller
+            # Undo this job only; a failure that ended the whole transaction propagates instead.
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            return job, None, exc, set()
+        conn.execute("RELEASE job")
+        return job, result, None, tx.topics
+
+
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:  # already rolled back by SQLite itself
+        logger.debug("ROLLBACK failed", exc_info=True)

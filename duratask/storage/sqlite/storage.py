@@ -1,0 +1,226 @@
+"""``SqliteStorage``: the Storage seam over one SQLite database (a file, or memory)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from ...history import HistoryEvent
+from ...notify import Notifier
+from ..base import (
+    ActivityCompletion,
+    ActivityLease,
+    InboxMessage,
+    InstanceFilter,
+    InstanceRecord,
+    NewInstance,
+    OrchestrationCommit,
+    OrchestrationLease,
+    PageCursor,
+)
+from . import ops
+from .migrations import load_migrations, migrate
+from .runner import SqliteRunner, Tx
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+
+#: How long a writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SqliteStorage:
+    """The ``Storage`` of one task hub in one SQLite database.
+
+    ``path`` is a file (created if missing; several processes may share it) or ``":memory:"``
+    (private to this object: share it within a process through ``open_sqlite_storage``).
+
+    ``durable=True`` syncs the write-ahead log on every commit (``synchronous=FULL``): a commit that
+    returned survives power loss. ``durable=False`` (``synchronous=NORMAL``) skips that sync: still
+    safe against a crashed process, but the last commits before an OS crash or power cut may be lost.
+    """
+
+    def __init__(self, path: str, taskhub: str = "default", *, durable: bool = True) -> None:
+        self.path = path
+        self.taskhub = taskhub
+        self.durable = durable
+        self.notifier = Notifier()
+        self.shared_across_processes = path != MEMORY
+        self._lock = threading.Lock()
+        self._runner: SqliteRunner | None = None
+        self._closed = False
+        self._references = 1
+        self._registry_key: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({self.path!r}, {self.taskhub!r}, durable={self.durable})"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and migrate; later calls (other users of a shared storage) wait for the first."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed")
+            if self._runner is None:
+                self._runner = SqliteRunner(
+                    self._connect, self.taskhub, self.notifier, name=f"duratask-sqlite-{self.taskhub}"
+                )
+                self._runner.start()
+            runner = self._runner
+        try:
+            await runner.wait_ready()
+        except BaseException:
+            with self._lock:
+                if self._runner is runner:
+                    self._runner = None
+            raise
+
+    async def close(self) -> None:
+        """Release one reference; the last one finishes queued work and closes the connection."""
+        with _registry_lock, self._lock:
+            if self._closed:
+                return
+            self._references -= 1
+            if self._references > 0:
+                return
+            self._closed = True
+            if self._registry_key is not None and _registry.get(self._registry_key) is self:
+                del _registry[self._registry_key]
+            runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.stop()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Runs on the connection thread, which then owns the connection."""
+        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+            migrate(conn, load_migrations(), _now_micros(), where=f"SQLite database {self.path!r}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
+        return await self._runner_or_fail().call(fn, write=False)
+
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        return await self._runner_or_fail().call(fn, write=True)
+
+    def _runner_or_fail(self) -> SqliteRunner:
+        runner = self._runner
+        if runner is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return runner
+
+    # --- instances ----------------------------------------------------------------------------
+
+    async def create_instance(self, new: NewInstance) -> None:
+        await self._write(lambda tx: ops.create_instance(tx, new))
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        return await self._read(lambda tx: ops.get_instance(tx, instance_id))
+
+    async def query_instances(
+        self, filter: InstanceFilter, limit: int, after: PageCursor | None
+    ) -> list[InstanceRecord]:
+        return await self._read(lambda tx: ops.query_instances(tx, filter, limit, after))
+
+    async def get_history(self, instance_id: str) -> list[HistoryEvent]:
+        return await self._read(lambda tx: ops.get_history(tx, instance_id))
+
+    async def child_instance_ids(self, instance_id: str) -> list[str]:
+        return await self._read(lambda tx: ops.child_instance_ids(tx, instance_id))
+
+    async def enqueue(self, messages: list[InboxMessage]) -> None:
+        if messages:
+            await self._write(lambda tx: ops.enqueue(tx, messages))
+
+    async def delete_instances(self, instance_ids: list[str]) -> int:
+        if not instance_ids:
+            return 0
+        return await self._write(lambda tx: ops.delete_instances(tx, instance_ids))
+
+    async def delete_instances_matching(self, filter: InstanceFilter) -> int:
+        return await self._write(lambda tx: ops.delete_instances_matching(tx, filter))
+
+    async def next_visible_at(self) -> datetime | None:
+        return await self._read(ops.next_visible_at)
+
+    # --- orchestration work items -------------------------------------------------------------
+
+    async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+        return await self._write(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
+
+    async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
+        if not commits:
+            return []
+        return await self._write(lambda tx: ops.commit_orchestrations(tx, commits))
+
+    async def abandon_orchestration(self, instance_id: str, token: str) -> None:
+        await self._write(lambda tx: ops.abandon_orchestration(tx, instance_id, token))
+
+    # --- activity work items ------------------------------------------------------------------
+
+    async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]:
+        return await self._write(lambda tx: ops.lease_activities(tx, limit, lease_seconds))
+
+    async def complete_activities(self, completions: list[ActivityCompletion]) -> list[bool]:
+        if not completions:
+            return []
+        return await self._write(lambda tx: ops.complete_activities(tx, completions))
+
+    async def abandon_activity(self, activity_id: int, token: str) -> None:
+        await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token))
+
+    async def renew_activity_lease(self, activity_id: int, token: str, lease_seconds: float) -> bool:
+        return await self._write(lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds))
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+# --- one shared object per database and hub in a process -------------------------------------
+
+_registry: dict[tuple[str, str], SqliteStorage] = {}
+_registry_lock = threading.Lock()
+
+
+def resolve_path(path: str) -> str:
+    """The key a database is shared under: ``":memory:"`` or the file's absolute, real path."""
+    return path if path == MEMORY else os.path.realpath(path)
+
+
+async def open_sqlite_storage(path: str, taskhub: str = "default", durable: bool = True) -> SqliteStorage:
+    """The process's one opened ``SqliteStorage`` for (database, hub).
+
+    Every caller gets the same object (so in-process notifications reach every client and worker,
+    and ``":memory:"`` is one database shared by them) and must ``await storage.close()`` when done:
+    the last close really closes. The first opener's ``durable`` wins.
+    """
+    key = (resolve_path(path), taskhub)
+    with _registry_lock:
+        storage = _registry.get(key)
+        if storage is None:
+            storage = SqliteStorage(key[0], taskhub, durable=durable)
+            storage._registry_key = key
+            _registry[key] = storage
+        else:
+            with storage._lock:
+                storage._references += 1
+    try:
+        await storage.open()
+    except BaseException:
+        await storage.close()
+        raise
+    return storage
