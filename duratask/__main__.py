@@ -1,0 +1,5 @@
+"""``python -m duratask``: the command line."""
+
+from .cli import main
+
+main()

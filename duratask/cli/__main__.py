@@ -1,0 +1,5 @@
+"""``python -m duratask.cli``: the command line."""
+
+from . import main
+
+main()
