@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,9 @@ from duratask import DurableTaskClient, Worker
 
 from .orchestrations import register_all
 
+# "grpc": duratask's own client and worker against `duratask serve` (in this process) over gRPC.
 EMBEDDED = ["sqlite", "memory"]
+KINDS = [*EMBEDDED, "grpc"]
 
 
 def make_connection(kind: str, tmp_path: Path) -> str:
@@ -23,9 +28,37 @@ def make_connection(kind: str, tmp_path: Path) -> str:
     raise ValueError(kind)
 
 
-@pytest.fixture(params=EMBEDDED)
-def connection(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return make_connection(request.param, tmp_path)
+@contextlib.contextmanager
+def served(tmp_path: Path) -> Iterator[str]:
+    """`duratask serve` over a SQLite file, on a free port, on an event loop of its own thread
+    (so that blocking tests can call it too); yields its Endpoint= connection string."""
+    from duratask.server.app import start_server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="duratask-e2e-server", daemon=True)
+    thread.start()
+
+    def on_loop(coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    storage = f"sqlite:///{tmp_path / 'server.db'}?lease_seconds=5"
+    server = on_loop(start_server(storage=storage, host="127.0.0.1", port=0))
+    try:
+        yield f"Endpoint=http://127.0.0.1:{server.port};TaskHub=default;Authentication=None"
+    finally:
+        on_loop(server.stop(0))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture(params=KINDS)
+def connection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "grpc":
+        with served(tmp_path) as endpoint:
+            yield endpoint
+    else:
+        yield make_connection(request.param, tmp_path)
 
 
 @pytest.fixture
