@@ -20,6 +20,14 @@ from .errors import CliError, one_line, usage_error
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
+LogLevel = Annotated[str, typer.Option("--log-level", help=f"One of {', '.join(_LOG_LEVELS)}.")]
+
+
+def _configure_logging(level: str) -> None:
+    if level.lower() not in _LOG_LEVELS:
+        raise usage_error(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {level!r}")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
 
 # --- worker -----------------------------------------------------------------------------------------
 
@@ -46,12 +54,10 @@ def worker(
     ] = None,
     max_activities: Annotated[int | None, typer.Option("--max-activities", min=1, help="Activities run at once.")] = None,
     app_dir: Annotated[str, typer.Option("--app-dir", help="Directory to import MODULE from.")] = ".",
-    log_level: Annotated[str, typer.Option("--log-level", help=f"One of {', '.join(_LOG_LEVELS)}.")] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run a Worker defined in your code until Ctrl+C or SIGTERM."""
-    if log_level.lower() not in _LOG_LEVELS:
-        raise usage_error(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(log_level)
     found = load_worker(target, app_dir)
     if connection is not None:
         if getattr(found, "_backend", None) is not None:
@@ -151,7 +157,7 @@ def redact(connection_string: str) -> str:
 # --- serve and dashboard --------------------------------------------------------------------------------
 
 
-def _call_entry_point(module_name: str, function_name: str, what: str, **kwargs: Any) -> None:
+def _call_entry_point(module_name: str, function_name: str, what: str, *args: Any, **kwargs: Any) -> None:
     """Import ``module_name`` lazily (it pulls in gRPC or the web stack) and run its entry point."""
     try:
         module = importlib.import_module(module_name)
@@ -162,7 +168,7 @@ def _call_entry_point(module_name: str, function_name: str, what: str, **kwargs:
     entry = getattr(module, function_name, None)
     if not callable(entry):
         raise CliError(f"{what} is not available in this installation ({module_name}.{function_name} is missing)")
-    result = entry(**kwargs)
+    result = entry(*args, **kwargs)
     if inspect.isawaitable(result):
         asyncio.run(_await(result))
 
@@ -189,6 +195,7 @@ def serve(
     dashboard_port: Annotated[
         int, typer.Option("--dashboard-port", min=0, max=65535, help="Dashboard HTTP port.")
     ] = 8082,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Serve gRPC only.")] = False,
     taskhub: Annotated[
         list[str] | None,
         typer.Option("--taskhub", help="Task hub to serve (repeat for several). Default: default.", show_default=False),
@@ -196,11 +203,13 @@ def serve(
     auth_token: Annotated[
         str | None, typer.Option("--auth-token", help="Require 'authorization: Bearer TOKEN' on every request.")
     ] = None,
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the scheduler server (Durable Task gRPC protocol) and its dashboard."""
     resolved = resolve(storage)
     if isinstance(parse(resolved), RemoteTarget):
         raise usage_error("serve keeps state itself: --storage must be sqlite://, memory:// or postgresql://")
+    _configure_logging(log_level)
     _call_entry_point(
         "duratask.server.app",
         "serve",
@@ -208,7 +217,7 @@ def serve(
         storage=resolved,
         host=host,
         port=port,
-        dashboard_port=dashboard_port,
+        dashboard_port=None if no_dashboard else dashboard_port,
         taskhubs=list(taskhub or ["default"]),
         auth_token=auth_token,
     )
@@ -219,10 +228,11 @@ def dashboard(
     connection: Connection = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="HTTP port.")] = 8082,
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the web dashboard for any connection string."""
     resolved = resolve(connection)
     parse(resolved)
-    _call_entry_point(
-        "duratask.dashboard.app", "run_dashboard", "duratask dashboard", connection_string=resolved, host=host, port=port
-    )
+    _configure_logging(log_level)
+    # Positional, as the server calls it too: run_dashboard(connection_string, host, port).
+    _call_entry_point("duratask.dashboard.app", "run_dashboard", "duratask dashboard", resolved, host, port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -345,3 +346,54 @@ def test_worker_bad_targets(cli: Cli) -> None:
         assert_one_line_error(cli.run("worker", target), code, fragment)
     # A connection string that cannot work stops the worker before it starts.
     assert_one_line_error(cli.run("worker", "tasks:worker", "-c", "bogus://x", connect=False), 2, "bogus")
+
+
+# --- serve: the CLI against its own scheduler server, over gRPC --------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "serve exited early"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_serve_then_manage_instances_over_endpoint(cli: Cli) -> None:
+    port = free_port()
+    with open(cli.cwd / "serve.log", "a") as log:
+        server = subprocess.Popen(
+            [*COMMAND, "serve", "--storage", cli.connection, "--port", str(port), "--no-dashboard",
+             "--auth-token", "s3cret"],
+            cwd=cli.cwd, env=cli.env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+    endpoint = f"Endpoint=http://127.0.0.1:{port};TaskHub=default;Authentication=Token;Token=s3cret"
+    remote = Cli(cli.cwd, endpoint)
+    try:
+        wait_until_listening(port, server)
+        worker = start_worker(remote)
+        try:
+            document = remote.json("start", "hello", "--input", '"gRPC"', "--id", "over-grpc", "--wait",
+                                   "--timeout", "30")
+            assert document["output"] == "Hello gRPC!"  # type: ignore[index]
+        finally:
+            assert stop_worker(worker) == 0
+        assert_one_line_error(remote.run("get", "nowhere"), 3, "not found")
+        no_token = endpoint.replace("Authentication=Token;Token=s3cret", "Authentication=None")
+        assert_one_line_error(remote.run("get", "over-grpc", "-c", no_token, connect=False), 1)
+        other_hub = endpoint.replace("TaskHub=default", "TaskHub=elsewhere")
+        assert_one_line_error(remote.run("list", "-c", other_hub, connect=False), 1, "elsewhere")
+        # The server kept its state in the SQLite file: the embedded CLI reads the same instance.
+        assert cli.json("get", "over-grpc")["output"] == "Hello gRPC!"  # type: ignore[index]
+    finally:
+        assert stop_worker(server) == 0, (cli.cwd / "serve.log").read_text()
+    assert "s3cret" not in (cli.cwd / "worker.log").read_text()  # the banner masks the token

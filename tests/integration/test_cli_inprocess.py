@@ -256,17 +256,21 @@ def test_worker_rejects_a_bad_connection_before_running(tmp_path: Path, conn: st
 # --- serve and dashboard entry points --------------------------------------------------------------------
 
 
-def test_entry_points_are_called_with_the_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_entry_points_are_called_with_the_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "cli_entry_mod.py").write_text(
         "import json\n"
-        "def sync_entry(**kwargs):\n"
-        "    print(json.dumps(kwargs))\n"
-        "async def async_entry(**kwargs):\n"
-        "    print(json.dumps(kwargs))\n"
+        "def sync_entry(*args, **kwargs):\n"
+        "    print(json.dumps([args, kwargs]))\n"
+        "async def async_entry(*args, **kwargs):\n"
+        "    print(json.dumps([args, kwargs]))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    _call_entry_point("cli_entry_mod", "sync_entry", "thing", port=1)
-    _call_entry_point("cli_entry_mod", "async_entry", "thing", port=2)
+    _call_entry_point("cli_entry_mod", "sync_entry", "thing", "a", port=1)
+    assert json.loads(capsys.readouterr().out) == [["a"], {"port": 1}]
+    _call_entry_point("cli_entry_mod", "async_entry", "thing", port=2)  # awaited on its own loop
+    assert json.loads(capsys.readouterr().out) == [[], {"port": 2}]
     with pytest.raises(CliError, match="thing is not available"):
         _call_entry_point("cli_entry_mod", "missing", "thing")
     with pytest.raises(CliError, match="other is not available"):
@@ -282,6 +286,8 @@ def test_serve_needs_embedded_storage(monkeypatch: pytest.MonkeyPatch) -> None:
     one_line_error(result, 2, "bogus")
     result = runner.invoke(app, ["dashboard", "-c", "bogus://"])
     one_line_error(result, 2, "bogus")
+    result = runner.invoke(app, ["serve", "--storage", "memory://", "--log-level", "loud"])
+    one_line_error(result, 2, "--log-level")
 
 
 # --- main(): usage errors on one line, debug tracebacks -------------------------------------------------
