@@ -36,6 +36,7 @@ async def test_lease_hands_out_activities_in_order_once(storage: Storage) -> Non
     tasks = [activity("a", n) for n in range(5)]
     await _schedule(storage, "a", tasks)
 
+    assert await storage.lease_activities(0, LONG) == []
     first = await storage.lease_activities(3, LONG)
     second = await storage.lease_activities(3, LONG)
 

@@ -60,6 +60,7 @@ async def test_lease_respects_the_limit(storage: Storage) -> None:
     for n in range(5):
         await create(storage, f"i{n}")
 
+    assert await storage.lease_orchestrations(0, LONG) == []
     first = await storage.lease_orchestrations(3, LONG)
     rest = await storage.lease_orchestrations(3, LONG)
 

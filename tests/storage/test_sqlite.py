@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ from duratask.storage.sqlite import SchemaVersionError, SqliteStorage, open_sqli
 from duratask.storage.sqlite import storage as storage_module
 from duratask.storage.sqlite.migrations import load_migrations
 from duratask.storage.sqlite.rows import INSTANCE_COLUMNS
+from duratask.storage.sqlite.runner import Tx
 
 from .builders import LONG, commit_of, create, lease_all, lease_only
 from .sqlite_process import lease_until_done
@@ -108,7 +110,7 @@ async def test_a_database_from_a_newer_duratask_is_refused(db: str) -> None:
 
 async def test_an_unopenable_path_fails_clearly_and_leaves_no_shared_object(tmp_path: Path) -> None:
     path = str(tmp_path / "missing-dir" / "x.db")
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(sqlite3.OperationalError, match="cannot open the SQLite database .*missing-dir"):
         await open_sqlite_storage(path)
     assert (os.path.realpath(path), "default") not in storage_module._registry
 
@@ -291,3 +293,51 @@ async def test_a_killed_process_loses_no_committed_work(db: str) -> None:
         await storage.close()
     with _raw(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _in_forked_child(path: str, inherited: SqliteStorage) -> None:
+    async def child() -> None:
+        with pytest.raises(RuntimeError, match="parent process"):
+            await inherited.get_instance("a")
+        await inherited.close()  # returns instead of waiting for a thread that is not here
+        own = await open_sqlite_storage(path)
+        try:
+            assert own is not inherited
+            assert await own.get_instance("a") is not None
+            await create(own, "from-child")
+        finally:
+            await own.close()
+
+    asyncio.run(child())
+
+
+async def test_a_forked_child_opens_its_own_storage(db: str) -> None:
+    parent = await open_sqlite_storage(db)
+    try:
+        await create(parent, "a")
+        process = multiprocessing.get_context("fork").Process(target=_in_forked_child, args=(db, parent))
+        process.start()
+        await asyncio.to_thread(process.join, 30)
+        assert process.exitcode == 0
+        assert await parent.get_instance("from-child") is not None
+    finally:
+        await parent.close()
+
+
+async def test_an_operation_that_raises_fails_alone(db: str) -> None:
+    storage = SqliteStorage(db)
+    await storage.open()
+    try:
+
+        def half_done(tx: Tx) -> None:
+            tx.conn.execute("DELETE FROM instances")
+            raise ZeroDivisionError
+
+        await create(storage, "a")
+        with pytest.raises(ZeroDivisionError):
+            await storage._write(half_done)
+        with pytest.raises(sqlite3.OperationalError):
+            await storage._read(lambda tx: tx.conn.execute("SELECT * FROM nowhere").fetchall())
+        assert await storage.get_instance("a") is not None  # the half-done write was rolled back
+    finally:
+        await storage.close()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from datetime import datetime
 
 from ...errors import OrchestrationAlreadyExistsError
@@ -145,6 +145,8 @@ def delete_instances_matching(tx: Tx, filter: InstanceFilter) -> int:
 
 
 def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+    if limit <= 0:
+        return []
     conn, taskhub, now = tx.conn, tx.taskhub, tx.now
     candidates = [
         instance_id
@@ -155,15 +157,10 @@ def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[Orche
     if not candidates:
         return []
     expires = now + seconds_to_micros(lease_seconds)
+    tokens = dict(zip(candidates, _new_tokens(len(candidates))))
     leases = [
-        {
-            "taskhub": taskhub,
-            "instance_id": instance_id,
-            "token": uuid.uuid4().hex,
-            "expires": expires,
-            "now": now,
-        }
-        for instance_id in candidates
+        {"taskhub": taskhub, "instance_id": instance_id, "token": token, "expires": expires, "now": now}
+        for instance_id, token in tokens.items()
     ]
     conn.executemany(Q.take_instance_lease, leases)
     conn.executemany(Q.mark_messages, leases)
@@ -173,18 +170,24 @@ def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[Orche
     for instance_id, event in conn.execute(Q.leased_messages, batch):
         new_events[instance_id].append(decode_event(event))
     lengths = dict(conn.execute(Q.history_lengths, batch).fetchall())
-    records = {row[0]: row for row in conn.execute(Q.leased_instances, batch)}
+    records = {row[0]: instance_from_row(row) for row in conn.execute(Q.leased_instances, batch)}
     expires_at = from_micros(expires)
     return [
         OrchestrationLease(
-            instance=instance_from_row(records[instance_id]),
-            token=records[instance_id][-1],
+            instance=records[instance_id],
+            token=tokens[instance_id],
             expires_at=expires_at,
             new_events=new_events[instance_id],
             history_length=lengths.get(instance_id, 0),
         )
         for instance_id in candidates
     ]
+
+
+def _new_tokens(count: int) -> list[str]:
+    """``count`` random 128-bit lease tokens (hex), from one read of the OS random source."""
+    pool = os.urandom(16 * count).hex()
+    return [pool[start : start + 32] for start in range(0, len(pool), 32)]
 
 
 def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bool]:
@@ -308,6 +311,8 @@ def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
 
 
 def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[ActivityLease]:
+    if limit <= 0:
+        return []
     expires = tx.now + seconds_to_micros(lease_seconds)
     params = {"taskhub": tx.taskhub, "now": tx.now, "limit": limit, "expires": expires}
     rows = sorted(tx.conn.execute(Q.lease_activities, params).fetchall())

@@ -124,7 +124,7 @@ UPDATE inbox INDEXED BY inbox_by_instance SET lease_token = :token
 WHERE taskhub = :taskhub AND instance_id = :instance_id AND visible_at <= :now;
 
 -- name: leased_instances
-SELECT {instance_columns}, lease_token FROM instances
+SELECT {instance_columns} FROM instances
 WHERE taskhub = :taskhub AND instance_id IN (SELECT value FROM json_each(:instance_ids));
 
 -- name: leased_messages

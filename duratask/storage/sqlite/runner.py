@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -93,6 +94,7 @@ class SqliteRunner:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._pid = os.getpid()
 
     def start(self) -> None:
         self._thread.start()
@@ -103,6 +105,9 @@ class SqliteRunner:
 
     async def call(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         """Run ``fn`` on the connection thread; writes run inside a transaction."""
+        if os.getpid() != self._pid:
+            # A forked child inherits this object but not its thread: fail instead of waiting forever.
+            raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
@@ -117,7 +122,7 @@ class SqliteRunner:
             if not self._stopping:
                 self._stopping = True
                 self._queue.put(_STOP)
-        if self._thread.ident is None:  # never started
+        if self._thread.ident is None or os.getpid() != self._pid:  # never started, or not in this process
             return
         await asyncio.shield(asyncio.wrap_future(self._stopped))
 
@@ -147,8 +152,17 @@ class SqliteRunner:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if not self._run_batch(conn, batch):
-                return
+            try:
+                if not self._run_batch(conn, batch):
+                    return
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                logger.exception("SQLite storage thread failed to run a batch")
+                _rollback_quietly(conn)
+                for job in batch:
+                    if job is not _STOP:
+                        job.settle(None, exc)  # jobs already settled ignore this
+                if _STOP in batch:
+                    return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
         """Run jobs in order, consecutive writes in one transaction. ``False`` once told to stop."""

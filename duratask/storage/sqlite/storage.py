@@ -33,6 +33,7 @@ MEMORY = ":memory:"
 
 #: How long a writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_MS = 30_000
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class SqliteStorage:
@@ -99,11 +100,17 @@ class SqliteStorage:
 
     def _connect(self) -> sqlite3.Connection:
         """Runs on the connection thread, which then owns the connection."""
-        conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+            conn.execute("PRAGMA schema_version")  # connect() is lazy: touch the file now
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+            # Let checkpoints shrink the log file back instead of keeping its largest size forever.
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             migrate(conn, load_migrations(), _now_micros(), where=f"SQLite database {self.path!r}")
         except BaseException:
             conn.close()
@@ -194,6 +201,16 @@ def _now_micros() -> int:
 
 _registry: dict[tuple[str, str], SqliteStorage] = {}
 _registry_lock = threading.Lock()
+
+
+def _forget_parent_storages() -> None:
+    """In a forked child the parent's storages have no connection thread: start afresh."""
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_storages)
 
 
 def resolve_path(path: str) -> str:
