@@ -39,7 +39,7 @@ from ...protocol import convert, pb, pb_grpc
 from ..api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
 from ..local import validate_instance_id
 from .channel import call_metadata, open_channel
-from .errors import CallContext, error_from_rpc
+from .errors import CallContext, RemoteCallError, error_from_rpc
 from .work_stream import WorkItemStream
 
 log = logging.getLogger("duratask.backend.remote")
@@ -129,16 +129,22 @@ class RemoteBackend:
             return await rpc(request, metadata=self._metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, CallContext(self.target.address, instance_id)) from exc
+        except grpc.aio.UsageError as exc:
+            raise self._closed_error() from exc
+
+    def _closed_error(self) -> RemoteCallError:
+        return RemoteCallError(f"the connection to the scheduler at {self.target.address} is closed")
 
     async def _history_messages(self, instance_id: str, *, for_work_item: bool = False) -> list[Any]:
         request = pb.StreamInstanceHistoryRequest(instanceId=instance_id, forWorkItemProcessing=for_work_item)
-        call = self._stub.StreamInstanceHistory(request, metadata=self._metadata)
         events: list[Any] = []
         try:
-            async for chunk in call:
+            async for chunk in self._stub.StreamInstanceHistory(request, metadata=self._metadata):
                 events.extend(chunk.events)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, CallContext(self.target.address, instance_id)) from exc
+        except grpc.aio.UsageError as exc:
+            raise self._closed_error() from exc
         return events
 
     # --- client side ------------------------------------------------------------------------------

@@ -56,12 +56,13 @@ class WorkItemStream:
             "entityRequestV2": on_unsupported,
         }
         self._reader: asyncio.Task[None] | None = None
+        self._closed = False
         #: How many times a stream was opened (tests watch reconnections with it).
         self.opened = 0
 
     def start(self) -> None:
-        """Open the stream in the background, unless it is already running."""
-        if self._reader is None:
+        """Open the stream in the background, unless it is already running (or was closed)."""
+        if self._reader is None and not self._closed:
             self._reader = asyncio.get_running_loop().create_task(self._run(), name="duratask-work-items")
 
     def take(self, kind: WorkKind, limit: int) -> list[Any]:
@@ -80,7 +81,8 @@ class WorkItemStream:
             await asyncio.wait_for(self._ready[kind].wait(), timeout)
 
     async def close(self) -> list[Any]:
-        """Stop reading; returns the work items that were queued and never taken."""
+        """Stop reading for good; returns the work items that were queued and never taken."""
+        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
