@@ -214,6 +214,16 @@ async def test_get_instance_exists_false_is_none(sidecar: Sidecar, backend: Remo
     assert meta is not None and meta.runtime_status is S.RUNNING and meta.created_at == T0
 
 
+async def test_not_found_answers_read_as_missing_instances(sidecar: Sidecar, backend: RemoteBackend) -> None:
+    for method in ("GetInstance", "WaitForInstanceStart"):
+        sidecar.fail(method, Code.NOT_FOUND, "orchestration instance 'gone' not found")
+    assert await backend.get_instance("gone", False) is None
+    assert await backend.wait_for_instance("gone", "start", False, 5) is None
+    sidecar.fail("GetInstance", Code.NOT_FOUND, "task hub 'orders' is not served here")
+    with pytest.raises(TaskHubNotFoundError):
+        await backend.get_instance("gone", False)
+
+
 async def test_simple_operations_send_what_they_are_given(sidecar: Sidecar, backend: RemoteBackend) -> None:
     await backend.raise_event("i1", "approval", '{"ok": true}')
     await backend.terminate("i1", '"stop"', recursive=False)
@@ -669,6 +679,17 @@ async def test_oversized_results_fail_instead_of_looping(sidecar: Sidecar, backe
     assert await backend.complete_activities([(activities[0], outcome)]) == [True]
     retried = sidecar.requests("CompleteActivityTask")[1]
     assert retried.HasField("failureDetails") and "PayloadTooLarge" in retried.failureDetails.errorType
+
+
+async def test_invalid_results_are_not_applied_and_not_resent(
+    sidecar: Sidecar, backend: RemoteBackend
+) -> None:
+    # duratask serve refuses a replay out of step with the history: False lets the worker replay afresh.
+    sidecar.fail("CompleteOrchestratorTask", Code.INVALID_ARGUMENT, "the worker's replay is out of step")
+    (item,), _ = await leased(sidecar, backend, orchestrator_item("o1"))
+    odd = OrchestrationResult(actions=[h.CreateTimer(id=0, fire_at=T0)])
+    assert await backend.complete_orchestrations([(item, odd)]) == [False]
+    assert len(sidecar.requests("CompleteOrchestratorTask")) == 1
 
 
 async def test_abandon_hands_back_and_swallows_refusals(sidecar: Sidecar, backend: RemoteBackend) -> None:

@@ -3,6 +3,8 @@ end-to-end suite does not reach, each surfacing as the embedded backend's error.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from duratask import (
 )
 from duratask import history as h
 from duratask.backend.api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem
-from duratask.backend.remote import RemoteBackend, TaskHubNotFoundError
+from duratask.backend.remote import RemoteBackend, SchedulerUnavailableError, TaskHubNotFoundError
 from duratask.connection import RemoteTarget, parse
 from tests.e2e import orchestrations as o
 
@@ -121,3 +123,41 @@ async def test_completions_with_unknown_tokens_are_refused(server: Any) -> None:
         assert meta is not None and meta.runtime_status is S.PENDING
     finally:
         await remote.close()
+
+
+async def test_worker_and_client_outlive_a_server_restart(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'restart.db'}"
+    first = await server_app.start_server(storage=storage, host="127.0.0.1", port=0)
+    port = first.port
+    conn = f"Endpoint=http://127.0.0.1:{port};TaskHub=default;Authentication=None"
+    async with o.register_all(Worker(conn, shutdown_timeout=2)), DurableTaskClient(conn) as client:
+        before = await client.schedule_new_orchestration_instance(o.hello_cities)
+        assert (await client.wait_for_instance_completion(before, timeout=T)) is not None
+        waiting = await client.schedule_new_orchestration_instance(o.wait_for_approval)
+        await client.wait_for_instance_start(waiting, timeout=T)
+        await first.stop(0)
+        with pytest.raises(SchedulerUnavailableError):
+            await client.get_instance(before)
+        second = await server_app.start_server(storage=storage, host="127.0.0.1", port=port)
+        try:
+            await _until_reachable(client, waiting)
+            await client.raise_event(waiting, "approval", "after the restart")
+            done = await client.wait_for_instance_completion(waiting, True, timeout=T)
+            assert done is not None and done.read_output_as(str) == "after the restart"
+            after = await client.schedule_new_orchestration_instance(o.hello_cities)
+            meta = await client.wait_for_instance_completion(after, timeout=T)
+            assert meta is not None and meta.runtime_status is S.COMPLETED
+        finally:
+            await second.stop(0)
+
+
+async def _until_reachable(client: DurableTaskClient, instance_id: str, within: float = 10.0) -> None:
+    """The channel finds the restarted scheduler after its reconnect backoff (a few seconds at most)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await client.get_instance(instance_id)
+            return
+        except SchedulerUnavailableError:
+            assert time.monotonic() < deadline, "the client never reconnected"
+            await asyncio.sleep(0.1)

@@ -27,6 +27,7 @@ import grpc
 
 from ... import history as h
 from ...connection import RemoteTarget
+from ...errors import OrchestrationNotFoundError
 from ...models import (
     OrchestrationMetadata,
     OrchestrationQuery,
@@ -56,13 +57,14 @@ ABANDON_ON_CLOSE_SECONDS = 2.0
 ENTITY_HANDBACK_DELAY_SECONDS = 1.0
 # Completion refusals that mean "this work item is no longer yours": the result is not applied.
 _REFUSED = frozenset(
-    {
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-    }
+    {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED}
 )
+# A result too large for the scheduler (or the channel) would be refused again on every
+# re-delivery, forever: the work item is completed once more as a failure that says why, as the
+# embedded backend fails an instance whose result it cannot store. (Any other refusal returns
+# False: duratask serve, for one, answers INVALID_ARGUMENT to a worker whose replay is out of step
+# with the history, and a fresh replay on re-delivery is the cure.)
+_RESULT_REFUSED: dict[Any, str] = {grpc.StatusCode.RESOURCE_EXHAUSTED: "duratask.PayloadTooLargeError"}
 
 _Leased = tuple[WorkKind, str, str, int]  # kind, completion token, instance id, task id (-1: none)
 
@@ -172,7 +174,10 @@ class RemoteBackend:
 
     async def get_instance(self, instance_id: str, with_payloads: bool) -> OrchestrationMetadata | None:
         request = pb.GetInstanceRequest(instanceId=instance_id, getInputsAndOutputs=with_payloads)
-        response = await self._call(self._stub.GetInstance, request, instance_id=instance_id)
+        try:
+            response = await self._call(self._stub.GetInstance, request, instance_id=instance_id)
+        except OrchestrationNotFoundError:  # some schedulers answer NOT_FOUND rather than exists=false
+            return None
         return convert.instance_response_from_pb(response)
 
     async def wait_for_instance(
@@ -187,6 +192,8 @@ class RemoteBackend:
             poll = LONG_POLL_SECONDS if remaining is None else min(remaining, LONG_POLL_SECONDS)
             try:
                 response = await self._call(rpc, request, instance_id=instance_id, timeout=poll)
+            except OrchestrationNotFoundError:
+                return None
             except TimeoutError:
                 if deadline is not None and loop.time() >= deadline - 0.001:
                     return await self._settle_wait_timeout(instance_id, until, with_payloads, timeout)
@@ -294,10 +301,11 @@ class RemoteBackend:
         self._leased.discard(("orchestration", item.token, item.instance_id, -1))
         rpc = self._stub.CompleteOrchestratorTask
         refusal = await self._settle(rpc, convert.orchestration_result_to_pb(item, result), item.instance_id)
-        if refusal is not None and refusal.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # Too large for the scheduler or the channel: fail the instance, as the embedded backend does.
+        if refusal is not None and refusal.code() in _RESULT_REFUSED:
             failed = OrchestrationResult(
-                actions=[h.CompleteOrchestration(id=-1, status=Status.FAILED, failure=_too_large(refusal))]
+                actions=[
+                    h.CompleteOrchestration(id=-1, status=Status.FAILED, failure=_refused_result(refusal))
+                ]
             )
             refusal = await self._settle(
                 rpc, convert.orchestration_result_to_pb(item, failed), item.instance_id
@@ -329,9 +337,9 @@ class RemoteBackend:
         self._leased.discard(("activity", item.token, item.instance_id, item.task_id))
         rpc = self._stub.CompleteActivityTask
         refusal = await self._settle(rpc, convert.activity_outcome_to_pb(item, outcome), item.instance_id)
-        if refusal is not None and refusal.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if refusal is not None and refusal.code() in _RESULT_REFUSED:
             failed = h.TaskFailed(
-                timestamp=outcome.timestamp, task_scheduled_id=item.task_id, failure=_too_large(refusal)
+                timestamp=outcome.timestamp, task_scheduled_id=item.task_id, failure=_refused_result(refusal)
             )
             refusal = await self._settle(rpc, convert.activity_outcome_to_pb(item, failed), item.instance_id)
         return refusal is None
@@ -412,10 +420,10 @@ def _supported_events(messages: Sequence[Any]) -> list[h.HistoryEvent]:
     return events
 
 
-def _too_large(refusal: grpc.aio.AioRpcError) -> TaskFailureDetails:
+def _refused_result(refusal: grpc.aio.AioRpcError) -> TaskFailureDetails:
     return TaskFailureDetails(
-        error_type="duratask.PayloadTooLargeError",
-        error_message=f"the scheduler refused the result as too large: {refusal.details()}",
+        error_type=_RESULT_REFUSED[refusal.code()],
+        error_message=f"the scheduler refused the result: {refusal.details()}",
     )
 
 

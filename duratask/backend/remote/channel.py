@@ -16,6 +16,9 @@ MAX_SEND_MESSAGE_BYTES = 64 * 1024 * 1024
 # stream. No pings without calls: servers with default settings answer those with GOAWAY.
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+# While the scheduler is away, calls fail at once (UNAVAILABLE) until the channel reconnects;
+# gRPC's default backoff grows to two minutes, so cap it: a restarted scheduler is found in seconds.
+RECONNECT_BACKOFF_MS = (250, 3_000)
 
 
 def _user_agent() -> str:
@@ -32,6 +35,9 @@ def channel_options() -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
         ("grpc.primary_user_agent", _user_agent()),
     ]
 
