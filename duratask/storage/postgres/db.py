@@ -1,0 +1,202 @@
+"""Connections to PostgreSQL: a pool, transactions, and retries across connection failures.
+
+A storage call is a read (one statement outside a transaction) or a write (one transaction). When
+the connection fails, which happens whenever the server restarts or fails over, a call is retried
+on a fresh connection until ``retry_seconds`` have passed, as long as retrying cannot apply it twice:
+
+- reads, always;
+- writes that failed before COMMIT was sent (nothing was applied);
+- writes whose COMMIT may or may not have happened, only when applying them again changes nothing
+  more (``replay_safe``): fenced commits and completions, lease releases, deletes.
+
+A failure of the COMMIT itself of any other write is raised to the caller, who cannot be told
+whether it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .sql import Q
+
+T = TypeVar("T")
+
+log = logging.getLogger("duratask.storage.postgres")
+
+Connection = psycopg.AsyncConnection[Any]
+
+#: SQLSTATE classes and codes after which the same statement may succeed on a new attempt:
+#: connection exceptions, server shutting down or starting, serialization failures and deadlocks,
+#: too many connections.
+_TRANSIENT_CLASSES = ("08",)
+_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
+
+#: How long one attempt waits for a pooled connection, and how long the pool keeps reconnecting in
+#: the background before it leaves that to the next request (see ``Database``).
+_CONNECTION_WAIT_SECONDS = 2.0
+_RECONNECT_SECONDS = 1.0
+
+#: NOTIFY payloads are limited to 8000 bytes; stay well below.
+_MAX_PAYLOAD_BYTES = 7000
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection or the server was unavailable, not that the SQL was wrong."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
+
+
+class Notification(msgspec.Struct, frozen=True):
+    """The payload of a NOTIFY: which storage object sent it, and the topics to wake.
+
+    A listener skips its own storage's notifications: that storage already woke its waiters at
+    commit, and a late second wake-up would look like a change that did not happen.
+    """
+
+    origin: str
+    topics: list[str]
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def notification_payloads(origin: str, topics: set[str] | list[str]) -> list[str]:
+    """``topics`` as NOTIFY payloads, split so that each fits in one NOTIFY."""
+    budget = _MAX_PAYLOAD_BYTES - len(_encoder.encode(Notification(origin, [])))
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for topic in sorted(topics):
+        cost = len(_encoder.encode(topic)) + 1
+        if chunk and size + cost > budget:
+            payloads.append(_encoder.encode(Notification(origin, chunk)).decode())
+            chunk, size = [], 0
+        chunk.append(topic)
+        size += cost
+    if chunk:
+        payloads.append(_encoder.encode(Notification(origin, chunk)).decode())
+    return payloads
+
+
+class Tx:
+    """What a write sees: the connection inside its transaction, the hub, and the topics to notify."""
+
+    __slots__ = ("conn", "taskhub", "topics")
+
+    def __init__(self, conn: Connection, taskhub: str) -> None:
+        self.conn = conn
+        self.taskhub = taskhub
+        self.topics: set[str] = set()
+
+    def notify(self, *topics: str) -> None:
+        """Wake waiters of ``topics``, in every process, once the transaction has committed."""
+        self.topics.update(topics)
+
+
+async def configure_connection(conn: Connection) -> None:
+    """Every connection reads and writes times in UTC."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def connect(url: str, **kwargs: Any) -> Connection:
+    """One connection outside the pool (migrations, the notification listener)."""
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **kwargs)
+    await configure_connection(conn)
+    return conn
+
+
+class Database:
+    """The connection pool of one storage, with the retry policy above."""
+
+    def __init__(
+        self,
+        url: str,
+        taskhub: str,
+        channel: str,
+        origin: str,
+        *,
+        min_connections: int,
+        max_connections: int,
+        retry_seconds: float,
+        on_commit: Callable[[set[str]], None],
+    ) -> None:
+        self.taskhub = taskhub
+        self.channel = channel
+        self.origin = origin
+        self.retry_seconds = retry_seconds
+        self._on_commit = on_commit
+        self.pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            url,
+            min_size=min_connections,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            configure=configure_connection,
+            # Short waits and short background reconnection: after an outage the pool's own backoff
+            # would grow to many seconds, while each retry of ours asks for a connection afresh,
+            # and a fresh request makes the pool try to connect at once.
+            timeout=_CONNECTION_WAIT_SECONDS,
+            reconnect_timeout=_RECONNECT_SECONDS,
+            name=f"duratask-{taskhub}",
+            open=False,
+        )
+
+    async def open(self, timeout: float) -> None:
+        await self.pool.open(wait=True, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run a read (statements outside any transaction); retried across connection failures."""
+        return await self._retrying(fn, self._read_once, replay_safe=True)
+
+    async def write(self, fn: Callable[[Tx], Awaitable[T]], *, replay_safe: bool) -> T:
+        """Run ``fn`` in one transaction, then send its notifications (also in it) and wake this process."""
+        return await self._retrying(fn, self._write_once, replay_safe=replay_safe)
+
+    async def _read_once(self, fn: Callable[[Connection], Awaitable[T]], progress: list[bool]) -> T:
+        async with self.pool.connection() as conn:
+            return await fn(conn)
+
+    async def _write_once(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
+        async with self.pool.connection() as conn:
+            tx = Tx(conn, self.taskhub)
+            async with conn.transaction():
+                result = await fn(tx)
+                if tx.topics:
+                    payloads = notification_payloads(self.origin, tx.topics)
+                    await conn.execute(Q.notify, {"channel": self.channel, "payloads": payloads})
+                progress.append(True)  # from here on, a failure may hide a commit
+        if tx.topics:
+            self._on_commit(tx.topics)
+        return result
+
+    async def _retrying(
+        self,
+        fn: Any,
+        once: Callable[[Any, list[bool]], Awaitable[T]],
+        *,
+        replay_safe: bool,
+    ) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.02
+        while True:
+            committing: list[bool] = []
+            try:
+                return await once(fn, committing)
+            except psycopg.OperationalError as exc:
+                if not is_transient(exc) or (committing and not replay_safe) or time.monotonic() >= deadline:
+                    raise
+                log.warning("PostgreSQL unavailable (%s); retrying in %.2f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -1,0 +1,396 @@
+"""The storage operations as plain async functions: reads over a connection, writes over a ``Tx``
+(one transaction). Batches travel as arrays (``unnest``), so a group commit costs a handful of
+statements however many items it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from ...errors import OrchestrationAlreadyExistsError
+from ...history import HistoryEvent, decode_event, encode_event
+from ...models import OrchestrationRuntimeStatus
+from ...notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ..base import (
+    ActivityCompletion,
+    ActivityLease,
+    ActivityTask,
+    InboxMessage,
+    InstanceFilter,
+    InstanceRecord,
+    NewInstance,
+    OrchestrationCommit,
+    OrchestrationLease,
+    PageCursor,
+)
+from .db import Connection, Tx
+from .filters import TERMINAL_STATUS_VALUES, select_instances, select_purgeable_ids
+from .rows import INSTANCE_COLUMNS, instance_from_row, instance_params, utc
+from .sql import Q
+
+#: Rows the orchestration lease scan may lock per leased instance: an instance with several visible
+#: messages shows up once per message, and the extra rows are released at commit.
+_SCAN_FACTOR = 4
+
+
+async def _all(conn: Connection, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(query, params)
+    return await cur.fetchall()
+
+
+async def _one(conn: Connection, query: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    cur = await conn.execute(query, params)
+    return await cur.fetchone()
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+async def get_instance(conn: Connection, taskhub: str, instance_id: str) -> InstanceRecord | None:
+    row = await _one(conn, Q.get_instance, {"taskhub": taskhub, "instance_id": instance_id})
+    return None if row is None else instance_from_row(row)
+
+
+async def query_instances(
+    conn: Connection, taskhub: str, filter: InstanceFilter, limit: int, after: PageCursor | None
+) -> list[InstanceRecord]:
+    if limit <= 0:
+        return []
+    query, params = select_instances(taskhub, filter, limit, after)
+    return [instance_from_row(row) for row in await _all(conn, query, params)]
+
+
+async def get_history(conn: Connection, taskhub: str, instance_id: str) -> list[HistoryEvent]:
+    rows = await _all(conn, Q.get_history, {"taskhub": taskhub, "instance_id": instance_id})
+    return [decode_event(event) for (event,) in rows]
+
+
+async def child_instance_ids(conn: Connection, taskhub: str, instance_id: str) -> list[str]:
+    rows = await _all(conn, Q.child_instance_ids, {"taskhub": taskhub, "instance_id": instance_id})
+    return [child for (child,) in rows]
+
+
+async def next_visible_at(conn: Connection, taskhub: str) -> datetime | None:
+    row = await _one(conn, Q.next_visible_at, {"taskhub": taskhub})
+    return None if row is None or row[0] is None else row[0].astimezone(UTC)
+
+
+# --- instances -------------------------------------------------------------------------------
+
+
+async def create_instance(tx: Tx, new: NewInstance) -> None:
+    if not await create_instances(tx, [new]):
+        raise OrchestrationAlreadyExistsError(new.record.instance_id)
+
+
+async def create_instances(tx: Tx, news: list[NewInstance]) -> set[str]:
+    """Create each instance unless an unfinished one has its id (a terminal one is replaced, with its
+    history, inbox and activities); returns the ids created. The first of duplicate ids wins."""
+    unique = list({new.record.instance_id: new for new in reversed(news)}.values())[::-1]
+    ids = [new.record.instance_id for new in unique]
+    rows = await _all(tx.conn, Q.lock_instance_statuses, {"taskhub": tx.taskhub, "instance_ids": ids})
+    existing = {instance_id: OrchestrationRuntimeStatus(status) for instance_id, status in rows}
+    finished = [instance_id for instance_id, status in existing.items() if status.is_terminal]
+    if finished:
+        await _delete_terminal(tx, finished)
+    candidates = [
+        new
+        for new in unique
+        if new.record.instance_id not in existing or existing[new.record.instance_id].is_terminal
+    ]
+    if not candidates:
+        return set()
+    created: set[str] = set()
+    async with tx.conn.cursor() as cur:
+        await cur.executemany(
+            Q.insert_instance, [instance_params(tx.taskhub, new.record) for new in candidates], returning=True
+        )
+        while True:
+            row = await cur.fetchone()
+            if row is not None:
+                created.add(row[0])
+            if not cur.nextset():
+                break
+    started = [
+        InboxMessage(instance_id=new.record.instance_id, event=new.started, visible_at=new.visible_at)
+        for new in candidates
+        if new.record.instance_id in created
+    ]
+    await _insert_messages(tx, started)
+    tx.notify(ORCHESTRATIONS, *(instance_topic(instance_id) for instance_id in created))
+    return created
+
+
+async def _delete_terminal(tx: Tx, instance_ids: list[str]) -> list[str]:
+    """Delete the terminal ones among ``instance_ids`` with everything they own; returns those deleted."""
+    key = {"taskhub": tx.taskhub, "instance_ids": instance_ids, "terminal": TERMINAL_STATUS_VALUES}
+    deleted = [instance_id for (instance_id,) in await _all(tx.conn, Q.delete_terminal_instances, key)]
+    if deleted:
+        # Separate statements (not one CTE): each sees messages committed by writers that waited
+        # for the rows deleted above.
+        owned = {"taskhub": tx.taskhub, "instance_ids": deleted}
+        for statement in (Q.delete_history_of, Q.delete_inbox_of, Q.delete_activities_of):
+            await tx.conn.execute(statement, owned)
+    return deleted
+
+
+async def _insert_messages(tx: Tx, messages: Iterable[InboxMessage]) -> bool:
+    """Append to existing instances' inboxes, in order; returns whether any message was given."""
+    batch = list(messages)
+    if not batch:
+        return False
+    await tx.conn.execute(
+        Q.insert_messages_if_instance_exists,
+        {
+            "taskhub": tx.taskhub,
+            "instance_ids": [m.instance_id for m in batch],
+            "visible_ats": [utc(m.visible_at) for m in batch],
+            "events": [encode_event(m.event) for m in batch],
+        },
+    )
+    return True
+
+
+async def enqueue(tx: Tx, messages: list[InboxMessage]) -> None:
+    if await _insert_messages(tx, messages):
+        tx.notify(ORCHESTRATIONS)
+
+
+async def delete_instances(tx: Tx, instance_ids: list[str]) -> int:
+    deleted = await _delete_terminal(tx, list(dict.fromkeys(instance_ids)))
+    tx.notify(*(instance_topic(instance_id) for instance_id in deleted))
+    return len(deleted)
+
+
+async def delete_matching_batch(tx: Tx, filter: InstanceFilter, batch: int) -> int:
+    """Delete up to ``batch`` terminal instances matching ``filter``; the caller repeats until fewer.
+
+    No notifications: a terminal instance has no waiters (waits for it return at once), and a purge
+    of 100,000 instances would otherwise flood every listener.
+    """
+    query, params = select_purgeable_ids(tx.taskhub, filter, batch)
+    ids = [instance_id for (instance_id,) in await _all(tx.conn, query, params)]
+    return len(await _delete_terminal(tx, ids)) if ids else 0
+
+
+# --- orchestration work items ----------------------------------------------------------------
+
+
+async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+    if limit <= 0:
+        return []
+    params = {
+        "taskhub": tx.taskhub,
+        "limit": limit,
+        "scan_limit": limit * _SCAN_FACTOR,
+        "lease_seconds": float(lease_seconds),
+    }
+    rows = await _all(tx.conn, Q.lease_orchestrations, params)
+    if not rows:
+        return []
+    width = len(INSTANCE_COLUMNS)
+    leased = {row[0]: row for row in rows}
+    marked = await _all(
+        tx.conn,
+        Q.mark_messages,
+        {"taskhub": tx.taskhub, "instance_ids": list(leased), "tokens": [row[width + 1] for row in rows]},
+    )
+    messages: dict[str, list[tuple[int, bytes]]] = {instance_id: [] for instance_id in leased}
+    for instance_id, message_id, event in marked:
+        messages[instance_id].append((message_id, event))
+    for inbox in messages.values():
+        inbox.sort()
+    # Oldest waiting message first, as the scan chose them.
+    order = sorted(
+        leased, key=lambda instance_id: messages[instance_id][0][0] if messages[instance_id] else 0
+    )
+    return [
+        OrchestrationLease(
+            instance=instance_from_row(leased[instance_id]),
+            token=leased[instance_id][width + 1],
+            expires_at=leased[instance_id][width + 2].astimezone(UTC),
+            new_events=[decode_event(event) for _, event in messages[instance_id]],
+            history_length=leased[instance_id][width],
+        )
+        for instance_id in order
+    ]
+
+
+async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bool]:
+    """Fence every commit against the locked lease rows, then apply the accepted ones together."""
+    ids = list(dict.fromkeys(commit.instance.instance_id for commit in commits))
+    live = {
+        instance_id: (token, length)
+        for instance_id, token, length in await _all(
+            tx.conn, Q.lock_live_leases, {"taskhub": tx.taskhub, "instance_ids": ids}
+        )
+    }
+    accepted: list[tuple[OrchestrationCommit, int]] = []
+    results: list[bool] = []
+    for commit in commits:
+        held = live.pop(commit.instance.instance_id, None)  # pop: a second commit of one instance fails
+        ok = held is not None and held[0] == commit.token
+        if held is not None and not ok:
+            live[commit.instance.instance_id] = held
+        results.append(ok)
+        if ok and held is not None:
+            accepted.append((commit, held[1]))
+    if accepted:
+        await _apply(tx, accepted)
+    return results
+
+
+async def _apply(tx: Tx, accepted: list[tuple[OrchestrationCommit, int]]) -> None:
+    conn, taskhub = tx.conn, tx.taskhub
+    ids = [commit.instance.instance_id for commit, _ in accepted]
+    reset = [commit.instance.instance_id for commit, _ in accepted if commit.reset_history]
+    if reset:
+        await conn.execute(Q.delete_history_of, {"taskhub": taskhub, "instance_ids": reset})
+
+    history: dict[str, list[Any]] = {"instance_ids": [], "seqs": [], "events": []}
+    updates = []
+    for commit, length in accepted:
+        first = 0 if commit.reset_history else length
+        for offset, event in enumerate(commit.history_append):
+            history["instance_ids"].append(commit.instance.instance_id)
+            history["seqs"].append(first + offset)
+            history["events"].append(encode_event(event))
+        updates.append(
+            {
+                **instance_params(taskhub, commit.instance),
+                "history_length": first + len(commit.history_append),
+            }
+        )
+    if history["seqs"]:
+        await conn.execute(Q.insert_history, {"taskhub": taskhub, **history})
+    async with conn.cursor() as cur:
+        await cur.executemany(Q.update_instance_and_release, updates)
+    await conn.execute(
+        Q.consume_messages,
+        {"taskhub": taskhub, "instance_ids": ids, "tokens": [c.token for c, _ in accepted]},
+    )
+    tx.notify(*(instance_topic(instance_id) for instance_id in ids))
+
+    activities = [task for commit, _ in accepted for task in commit.activities]
+    if activities:
+        await _insert_activities(tx, activities)
+        tx.notify(ACTIVITIES)
+    # Sub-orchestrations before messages: an event sent to a child created in the same episode
+    # must find it.
+    new_instances = [new for commit, _ in accepted for new in commit.new_instances]
+    if new_instances:
+        await create_instances(tx, new_instances)
+    sent = await _insert_messages(tx, (m for commit, _ in accepted for m in commit.messages))
+    if sent or await _any_visible_message(tx, ids):
+        # Also when messages that arrived during the lease wait: a worker that found this instance
+        # leased went back to sleep.
+        tx.notify(ORCHESTRATIONS)
+
+
+async def _any_visible_message(tx: Tx, instance_ids: list[str]) -> bool:
+    row = await _one(tx.conn, Q.any_visible_message, {"taskhub": tx.taskhub, "instance_ids": instance_ids})
+    return bool(row and row[0])
+
+
+async def _insert_activities(tx: Tx, activities: list[ActivityTask]) -> None:
+    await tx.conn.execute(
+        Q.insert_activities,
+        {
+            "taskhub": tx.taskhub,
+            "instance_ids": [task.instance_id for task in activities],
+            "execution_ids": [task.execution_id for task in activities],
+            "task_ids": [task.task_id for task in activities],
+            "names": [task.name for task in activities],
+            "versions": [task.version for task in activities],
+            "inputs": [task.input for task in activities],
+        },
+    )
+
+
+async def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
+    params = {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
+    cur = await tx.conn.execute(Q.release_instance_lease, params)
+    if cur.rowcount:
+        await tx.conn.execute(Q.unmark_messages, params)
+        tx.notify(ORCHESTRATIONS)
+
+
+# --- activity work items ---------------------------------------------------------------------
+
+
+async def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[ActivityLease]:
+    if limit <= 0:
+        return []
+    params = {"taskhub": tx.taskhub, "limit": limit, "lease_seconds": float(lease_seconds)}
+    rows = sorted(await _all(tx.conn, Q.lease_activities, params))
+    return [
+        ActivityLease(
+            activity_id=activity_id,
+            token=token,
+            expires_at=expires_at.astimezone(UTC),
+            task=ActivityTask(
+                instance_id=instance_id,
+                execution_id=execution_id,
+                task_id=task_id,
+                name=name,
+                input=input_,
+                version=version,
+            ),
+            attempt=attempt,
+        )
+        for activity_id, token, expires_at, instance_id, execution_id, task_id, name, input_, version, attempt in rows
+    ]
+
+
+async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> list[bool]:
+    taken = {
+        activity_id: (token, instance_id, execution_id)
+        for activity_id, token, instance_id, execution_id in await _all(
+            tx.conn,
+            Q.take_completed_activities,
+            {
+                "taskhub": tx.taskhub,
+                "ids": [c.activity_id for c in completions],
+                "tokens": [c.token for c in completions],
+            },
+        )
+    }
+    results: list[bool] = []
+    deliveries: list[tuple[str, str, bytes]] = []
+    for completion in completions:
+        row = taken.get(completion.activity_id)
+        ok = row is not None and row[0] == completion.token
+        results.append(ok)
+        if ok and row is not None:
+            del taken[completion.activity_id]  # a repeated completion in the batch is not applied twice
+            deliveries.append((row[1], row[2], encode_event(completion.event)))
+    if deliveries:
+        delivered = await _all(
+            tx.conn,
+            Q.deliver_activity_results,
+            {
+                "taskhub": tx.taskhub,
+                "instance_ids": [d[0] for d in deliveries],
+                "execution_ids": [d[1] for d in deliveries],
+                "events": [d[2] for d in deliveries],
+                "terminal": TERMINAL_STATUS_VALUES,
+            },
+        )
+        if delivered:
+            tx.notify(ORCHESTRATIONS)
+    return results
+
+
+async def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:
+    cur = await tx.conn.execute(
+        Q.release_activity_lease, {"taskhub": tx.taskhub, "id": activity_id, "token": token}
+    )
+    if cur.rowcount:
+        tx.notify(ACTIVITIES)
+
+
+async def renew_activity_lease(tx: Tx, activity_id: int, token: str, lease_seconds: float) -> bool:
+    params = {"taskhub": tx.taskhub, "id": activity_id, "token": token, "lease_seconds": float(lease_seconds)}
+    cur = await tx.conn.execute(Q.renew_activity_lease, params)
+    return bool(cur.rowcount)

@@ -1,0 +1,248 @@
+-- The SQL of the PostgreSQL storage, one named statement per "-- name:" header.
+-- ``duratask.storage.postgres.sql`` loads this file; {instance_columns} expands to the column list
+-- that ``rows.instance_from_row`` reads, qualified by the alias i. Parameters are psycopg's
+-- %(name)s; every statement is scoped to %(taskhub)s. Leases and fences read the database clock
+-- (now(), the transaction's start), never the client's: many machines share one database.
+
+-- --- schema versions ---------------------------------------------------------------------------
+
+-- Serialises migrators of one database (several processes may start at once).
+-- name: lock_schema
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: create_schema_table
+CREATE TABLE IF NOT EXISTS duratask_schema (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_table_exists
+SELECT to_regclass('duratask_schema') IS NOT NULL;
+
+-- name: schema_version
+SELECT COALESCE(max(version), 0) FROM duratask_schema;
+
+-- name: record_migration
+INSERT INTO duratask_schema (version, name) VALUES (%(version)s, %(name)s);
+
+-- --- instances ---------------------------------------------------------------------------------
+
+-- name: get_instance
+SELECT {instance_columns} FROM duratask_instances AS i
+WHERE i.taskhub = %(taskhub)s AND i.instance_id = %(instance_id)s;
+
+-- Locks the rows of ids about to be created, so a concurrent creator waits for our decision.
+-- name: lock_instance_statuses
+SELECT instance_id, status FROM duratask_instances
+WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
+ORDER BY instance_id
+FOR UPDATE;
+
+-- Conflicts only with an instance created concurrently since the lock above: it is unfinished.
+-- name: insert_instance
+INSERT INTO duratask_instances (
+    taskhub, instance_id, name, execution_id, status, created_at, last_updated_at, input, output,
+    custom_status, failure, version, parent_instance_id, parent_task_id, scheduled_start, completed_at
+) VALUES (
+    %(taskhub)s, %(instance_id)s, %(name)s, %(execution_id)s, %(status)s, %(created_at)s,
+    %(last_updated_at)s, %(input)s, %(output)s, %(custom_status)s, %(failure)s, %(version)s,
+    %(parent_instance_id)s, %(parent_task_id)s, %(scheduled_start)s, %(completed_at)s
+)
+ON CONFLICT DO NOTHING
+RETURNING instance_id;
+
+-- name: update_instance_and_release
+UPDATE duratask_instances SET
+    name = %(name)s, execution_id = %(execution_id)s, status = %(status)s, created_at = %(created_at)s,
+    last_updated_at = %(last_updated_at)s, input = %(input)s, output = %(output)s,
+    custom_status = %(custom_status)s, failure = %(failure)s, version = %(version)s,
+    parent_instance_id = %(parent_instance_id)s, parent_task_id = %(parent_task_id)s,
+    scheduled_start = %(scheduled_start)s, completed_at = %(completed_at)s,
+    history_length = %(history_length)s, lease_token = NULL, lease_expires = '-infinity'
+WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s;
+
+-- name: delete_terminal_instances
+DELETE FROM duratask_instances
+WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
+  AND status = ANY(%(terminal)s::smallint[])
+RETURNING instance_id;
+
+-- name: delete_history_of
+DELETE FROM duratask_history WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]);
+
+-- name: delete_inbox_of
+DELETE FROM duratask_inbox WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]);
+
+-- name: delete_activities_of
+DELETE FROM duratask_activities WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]);
+
+-- name: child_instance_ids
+SELECT instance_id FROM duratask_instances
+WHERE taskhub = %(taskhub)s AND parent_instance_id = %(instance_id)s
+ORDER BY created_at, instance_id;
+
+-- --- history -----------------------------------------------------------------------------------
+
+-- name: get_history
+SELECT event FROM duratask_history
+WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s
+ORDER BY seq;
+
+-- name: insert_history
+INSERT INTO duratask_history (taskhub, instance_id, seq, event)
+SELECT %(taskhub)s, h.instance_id, h.seq, h.event
+FROM unnest(%(instance_ids)s::text[], %(seqs)s::integer[], %(events)s::bytea[]) AS h(instance_id, seq, event);
+
+-- --- inbox -------------------------------------------------------------------------------------
+
+-- name: insert_message
+INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event)
+VALUES (%(taskhub)s, %(instance_id)s, %(visible_at)s, %(event)s);
+
+-- Messages for instances that do not exist are dropped. FOR KEY SHARE holds the instance until we
+-- commit, so a concurrent purge either ran before (message dropped) or deletes the message after.
+-- name: insert_messages_if_instance_exists
+INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event)
+SELECT %(taskhub)s, m.instance_id, m.visible_at, m.event
+FROM unnest(%(instance_ids)s::text[], %(visible_ats)s::timestamptz[], %(events)s::bytea[])
+     WITH ORDINALITY AS m(instance_id, visible_at, event, ord)
+WHERE EXISTS (
+    SELECT 1 FROM duratask_instances AS i
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = m.instance_id
+    FOR KEY SHARE
+)
+ORDER BY m.ord;
+
+-- name: any_visible_message
+SELECT EXISTS (
+    SELECT 1 FROM duratask_inbox
+    WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]) AND visible_at <= now()
+);
+
+-- Includes messages of leased instances: waking for one of them costs a spurious poll at most,
+-- while leaving it out could make a worker oversleep a timer set during the lease.
+-- name: next_visible_at
+SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visible_at > now();
+
+-- --- orchestration leases ----------------------------------------------------------------------
+
+-- Instances with a visible message and no live lease, oldest visible message first. The scan walks
+-- the visible messages in index order and stops after %(scan_limit)s lockable rows; SKIP LOCKED
+-- passes over instances another leaser is taking right now, and a row changed since the scan
+-- started is re-checked (lease_expires) after it is locked, so no instance is leased twice.
+-- An instance with several messages appears several times: the UPDATE takes each once.
+-- name: lease_orchestrations
+WITH scanned AS (
+    SELECT i.instance_id, m.visible_at
+    FROM duratask_inbox AS m
+    JOIN duratask_instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
+    WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
+    ORDER BY m.visible_at
+    LIMIT %(scan_limit)s
+    FOR UPDATE OF i SKIP LOCKED
+), picked AS (
+    SELECT instance_id FROM scanned
+    GROUP BY instance_id
+    ORDER BY min(visible_at)
+    LIMIT %(limit)s
+)
+UPDATE duratask_instances AS i
+SET lease_token = gen_random_uuid()::text,
+    lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+FROM picked
+WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
+RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires;
+
+-- Marks every visible message, including those of an expired lease, with the new token; later
+-- arrivals stay unmarked and wait for the next lease.
+-- name: mark_messages
+UPDATE duratask_inbox AS m SET lease_token = l.token
+FROM unnest(%(instance_ids)s::text[], %(tokens)s::text[]) AS l(instance_id, token)
+WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id AND m.visible_at <= now()
+RETURNING m.instance_id, m.id, m.event;
+
+-- The fence of a batch of commits: the rows whose lease is live, locked until the batch commits.
+-- name: lock_live_leases
+SELECT instance_id, lease_token, history_length FROM duratask_instances
+WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]) AND lease_expires > now()
+ORDER BY instance_id
+FOR UPDATE;
+
+-- name: consume_messages
+DELETE FROM duratask_inbox
+WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
+  AND lease_token = ANY(%(tokens)s::text[]);
+
+-- name: release_instance_lease
+UPDATE duratask_instances SET lease_token = NULL, lease_expires = '-infinity'
+WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s;
+
+-- name: unmark_messages
+UPDATE duratask_inbox SET lease_token = NULL
+WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s;
+
+-- --- activities --------------------------------------------------------------------------------
+
+-- name: insert_activities
+INSERT INTO duratask_activities (taskhub, instance_id, execution_id, task_id, name, version, input)
+SELECT %(taskhub)s, a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input
+FROM unnest(
+    %(instance_ids)s::text[], %(execution_ids)s::text[], %(task_ids)s::integer[], %(names)s::text[],
+    %(versions)s::text[], %(inputs)s::text[]
+) WITH ORDINALITY AS a(instance_id, execution_id, task_id, name, version, input, ord)
+ORDER BY a.ord;
+
+-- Free and expired activities, free ones first, each under a fresh random token.
+-- name: lease_activities
+WITH picked AS (
+    SELECT id FROM duratask_activities
+    WHERE taskhub = %(taskhub)s AND lease_expires <= now()
+    ORDER BY lease_expires, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE duratask_activities AS a
+SET lease_token = gen_random_uuid()::text,
+    lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8),
+    attempt = a.attempt + 1
+FROM picked
+WHERE a.id = picked.id
+RETURNING a.id, a.lease_token, a.lease_expires, a.instance_id, a.execution_id, a.task_id, a.name,
+          a.input, a.version, a.attempt;
+
+-- The fence of a batch of completions: only activities whose lease is live and held by the token.
+-- name: take_completed_activities
+DELETE FROM duratask_activities AS a
+USING unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS c(id, token)
+WHERE a.taskhub = %(taskhub)s AND a.id = c.id AND a.lease_token = c.token AND a.lease_expires > now()
+RETURNING a.id, a.lease_token, a.instance_id, a.execution_id;
+
+-- A result reaches its instance only while the execution that scheduled it still runs.
+-- name: deliver_activity_results
+INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event)
+SELECT %(taskhub)s, r.instance_id, now(), r.event
+FROM unnest(%(instance_ids)s::text[], %(execution_ids)s::text[], %(events)s::bytea[])
+     WITH ORDINALITY AS r(instance_id, execution_id, event, ord)
+WHERE EXISTS (
+    SELECT 1 FROM duratask_instances AS i
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = r.instance_id AND i.execution_id = r.execution_id
+      AND i.status <> ALL(%(terminal)s::smallint[])
+    FOR KEY SHARE
+)
+ORDER BY r.ord
+RETURNING instance_id;
+
+-- name: renew_activity_lease
+UPDATE duratask_activities SET lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s AND lease_expires > now();
+
+-- name: release_activity_lease
+UPDATE duratask_activities SET lease_token = NULL, lease_expires = '-infinity'
+WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s;
+
+-- --- wake-ups ----------------------------------------------------------------------------------
+
+-- Delivered to listeners when (and only if) the transaction commits.
+-- name: notify
+SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS payload;

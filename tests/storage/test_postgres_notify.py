@@ -1,0 +1,103 @@
+"""PostgreSQL wake-ups across storage objects (as across processes and machines): LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from duratask.notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from duratask.storage.postgres import PostgresStorage, open_postgres_storage
+from tests.pgserver import unique_name
+
+from .builders import LONG, activity, commit_of, completion, create, lease_only, message, raised
+
+WAKE_TIMEOUT = 10.0  # generous: a loaded CI machine; a working wake-up arrives in milliseconds
+
+
+@pytest.fixture
+async def pair(pg_url: str) -> AsyncIterator[tuple[PostgresStorage, PostgresStorage]]:
+    """Two storages of one hub, each with its own pool and listener, as two processes would have."""
+    hub = unique_name("hub")
+    one = await open_postgres_storage(pg_url, hub)
+    two = await open_postgres_storage(pg_url, hub)
+    yield one, two
+    await one.close()
+    await two.close()
+
+
+async def _wakes(listener: PostgresStorage, change: object, *topics: str) -> None:
+    """``change`` (an awaitable) must wake each of ``topics`` on ``listener``."""
+    waiters = {topic: listener.notifier.register(topic) for topic in topics}
+    await change  # type: ignore[misc]
+    for topic, fut in waiters.items():
+        assert await listener.notifier.wait(fut, WAKE_TIMEOUT), f"{topic} was not woken"
+
+
+async def test_a_create_in_one_process_wakes_workers_and_waiters_in_another(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await _wakes(two, create(one, "a"), ORCHESTRATIONS, instance_topic("a"))
+
+
+async def test_commits_completions_and_abandons_wake_other_processes(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    lease = await lease_only(one)
+    commit = commit_of(lease, activities=[activity("a", 0), activity("a", 1)])
+    await _wakes(two, one.commit_orchestrations([commit]), ACTIVITIES, instance_topic("a"))
+
+    first, second = await two.lease_activities(10, LONG)
+    await _wakes(one, two.complete_activities([completion(first)]), ORCHESTRATIONS)
+    await _wakes(one, two.abandon_activity(second.activity_id, second.token), ACTIVITIES)
+
+    lease = await lease_only(two)
+    await _wakes(one, two.abandon_orchestration("a", lease.token), ORCHESTRATIONS)
+    await _wakes(two, one.enqueue([message("a", raised("e"))]), ORCHESTRATIONS)
+
+
+async def test_a_big_group_commit_reaches_every_instance_waiter(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    ids = [f"{'long-instance-id-' * 8}{n}" for n in range(150)]  # topics far over one NOTIFY payload
+    for instance_id in ids:
+        await create(one, instance_id)
+    leases = await one.lease_orchestrations(len(ids), LONG)
+    assert len(leases) == len(ids)
+    await _wakes(
+        two,
+        one.commit_orchestrations([commit_of(lease) for lease in leases]),
+        *(instance_topic(instance_id) for instance_id in ids),
+    )
+
+
+async def test_other_task_hubs_are_not_woken(pg_url: str) -> None:
+    one = await open_postgres_storage(pg_url, unique_name("hub"))
+    other = await open_postgres_storage(pg_url, unique_name("hub"))
+    same = await open_postgres_storage(pg_url, one.taskhub)
+    try:
+        quiet = other.notifier.register(ORCHESTRATIONS, instance_topic("a"))
+        await _wakes(same, create(one, "a"), ORCHESTRATIONS)  # once this arrived, other's would have too
+        await asyncio.sleep(0.05)
+        assert not quiet.done()
+        other.notifier.unregister(quiet)
+    finally:
+        for storage in (one, other, same):
+            await storage.close()
+
+
+async def test_a_storage_is_not_woken_twice_by_its_own_notifications(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    await _wakes(two, create(one, "b"), ORCHESTRATIONS)  # by now one's own notifications came back too
+    late = one.notifier.register(ORCHESTRATIONS)
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    one.notifier.unregister(late)
