@@ -50,6 +50,7 @@ class ActivityWorkItem(msgspec.Struct, kw_only=True):
     input: str | None
     token: str
     attempt: int = 1
+    version: str | None = None
 
 
 WorkKind = Literal["orchestration", "activity"]

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,7 +45,7 @@ from ..storage.base import (
     PageCursor,
     Storage,
 )
-from . import runtime_state
+from . import rewind, runtime_state
 from .api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
 
 log = logging.getLogger("duratask.backend")
@@ -327,7 +328,7 @@ class LocalBackend:
         settle: list[OrchestrationCommit] = []
         now = utcnow()
         for lease in leases:
-            commit = self._settle_without_worker(lease, now)
+            commit = await self._plan_rewind_if_requested(lease, now) or self._settle_without_worker(lease, now)
             if commit is not None:
                 settle.append(commit)
                 continue
@@ -422,6 +423,7 @@ class LocalBackend:
                 input=lease.task.input,
                 token=lease.token,
                 attempt=lease.attempt,
+                version=lease.task.version,
             )
             for lease in leases
         ]
@@ -468,6 +470,43 @@ class LocalBackend:
                 ok = await self.storage.renew_activity_lease(activity_id, token, self.options.lease_seconds)
                 if not ok:
                     self._activity_leases.pop(token, None)
+
+    # --- restart and rewind (used by the gRPC server's RestartInstance / RewindInstance) ----------
+
+    async def restart(self, instance_id: str, with_new_instance_id: bool) -> str:
+        """Start the instance's orchestrator again with its original input; returns the id used.
+
+        With the same id the instance must be terminal (``InstanceStateError`` if not);
+        with ``with_new_instance_id`` a fresh id is generated and the original is left as it is.
+        (Like the Durable Task Scheduler: the input of the current execution, which after a
+        continue-as-new is the latest one.)
+        """
+        record = await self._require(instance_id)
+        if not with_new_instance_id and not record.status.is_terminal:
+            raise InstanceStateError(
+                f"cannot restart instance {instance_id!r} under its own id: it is {record.status.name}"
+            )
+        target = uuid.uuid4().hex if with_new_instance_id else instance_id
+        return await self.start_orchestration(record.name, target, record.input, version=record.version)
+
+    async def rewind(self, instance_id: str, reason: str | None) -> None:
+        """Queue the rewind of a FAILED instance (``backend.rewind`` says what it does); returns at once."""
+        record = await self._require(instance_id)
+        if record.status is not Status.FAILED:
+            raise InstanceStateError(
+                f"cannot rewind instance {instance_id!r}: it is {record.status.name}; only FAILED instances rewind"
+            )
+        event = h.ExecutionRewound(timestamp=utcnow(), reason=reason)
+        await self.storage.enqueue([InboxMessage(instance_id=instance_id, event=event, visible_at=utcnow())])
+
+    async def _plan_rewind_if_requested(
+        self, lease: OrchestrationLease, now: datetime
+    ) -> OrchestrationCommit | None:
+        request = rewind.is_rewind_request(lease.instance, lease.new_events)
+        if request is None:
+            return None
+        history = await self.storage.get_history(lease.instance.instance_id)
+        return rewind.plan_rewind(lease.instance, lease.token, history, request, now)
 
     # --- wake-ups ----------------------------------------------------------------------------
 

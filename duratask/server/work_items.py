@@ -1,0 +1,479 @@
+"""The work-item dispatcher of one task hub: leases from the backend, hands out over worker streams.
+
+Each ``GetWorkItems`` call is a ``WorkerStream``: its concurrency limits (the request's
+``maxConcurrent*WorkItems``) and its work-item filters. Two pumps, one per kind of work, lease as
+many items as the connected streams have free slots, and give each item to a stream whose filters
+accept it. Everything handed out is *in flight*, keyed by its completion token (the lease token,
+unique per dispatch); completing or abandoning a token settles it once, and a stream that ends hands
+its in-flight items back at once, so another worker gets them without waiting for the lease.
+
+Work-item filters and the storage: the storage leases by age, not by name. An item that no
+connected stream accepts is *parked*: kept leased (so the next lease moves on to other items) for
+at most ``park_seconds``, delivered as soon as a stream that accepts it has room, else handed back.
+The price: with many items that no worker accepts, they cycle through lease, park and hand-back,
+and at most ``max_parked`` of them are held at once; beyond that the pump waits.
+
+The adapter decides nothing about orchestrations: leases, completions and hand-backs are the
+backend's; the dispatcher only routes, counts slots and checks what a worker sends back against
+what it was given (``validate_orchestrator_actions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import grpc
+
+from .. import history as h
+from ..backend.api import ActivityWorkItem, OrchestrationWorkItem
+from ..backend.local import LocalBackend, utcnow
+from ..models import OrchestrationRuntimeStatus as Status
+from ..notify import ACTIVITIES, ORCHESTRATIONS
+from ..protocol import convert
+from .errors import RpcError, invalid, not_found
+from .settings import ServerSettings
+
+log = logging.getLogger("duratask.server")
+
+Kind = Literal["orchestration", "activity"]
+ORCHESTRATION: Kind = "orchestration"
+ACTIVITY: Kind = "activity"
+
+
+# --- worker streams --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """Accepted names, each with its accepted versions (empty: any version)."""
+
+    versions_by_name: dict[str, frozenset[str]]
+
+    def accepts(self, name: str, version: str | None) -> bool:
+        versions = self.versions_by_name.get(name)
+        if versions is None:
+            return False
+        return not versions or (version or "") in versions
+
+    @classmethod
+    def of(cls, filters: Iterable[Any]) -> NameFilter | None:
+        """From the protocol's ``OrchestrationFilter`` / ``ActivityFilter`` list; none: accept all."""
+        table: dict[str, frozenset[str]] = {}
+        for f in filters:
+            table[f.name] = table.get(f.name, frozenset()) | frozenset(f.versions)
+        return cls(table) if table else None
+
+
+class WorkerStream:
+    """One connected ``GetWorkItems`` call: its limits, filters, and the items waiting to be sent."""
+
+    def __init__(self, request: Any, settings: ServerSettings) -> None:
+        self.id = uuid.uuid4().hex
+        self.limits: dict[Kind, int] = {
+            ORCHESTRATION: request.maxConcurrentOrchestrationWorkItems or settings.default_stream_concurrency,
+            ACTIVITY: request.maxConcurrentActivityWorkItems or settings.default_stream_concurrency,
+        }
+        filters = request.workItemFilters if request.HasField("workItemFilters") else None
+        self.filters: dict[Kind, NameFilter | None] = {
+            ORCHESTRATION: NameFilter.of(filters.orchestrations) if filters is not None else None,
+            ACTIVITY: NameFilter.of(filters.activities) if filters is not None else None,
+        }
+        self.busy: dict[Kind, int] = {ORCHESTRATION: 0, ACTIVITY: 0}
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed = False
+
+    def free(self, kind: Kind) -> int:
+        return 0 if self.closed else max(0, self.limits[kind] - self.busy[kind])
+
+    def accepts(self, kind: Kind, name: str, version: str | None) -> bool:
+        f = self.filters[kind]
+        return f is None or f.accepts(name, version)
+
+
+# --- in-flight items -------------------------------------------------------------------------
+
+
+@dataclass
+class InFlight:
+    kind: Kind
+    item: OrchestrationWorkItem | ActivityWorkItem
+    stream: WorkerStream
+    #: for orchestrations: the event ids the history already gave a scheduling event, by kind
+    scheduled: dict[int, type] = field(default_factory=dict)
+
+
+@dataclass
+class _Parked:
+    kind: Kind
+    item: OrchestrationWorkItem | ActivityWorkItem
+    name: str
+    version: str | None
+    deadline: float
+
+
+_SCHEDULING_EVENT_OF_ACTION: dict[type, type] = {
+    h.ScheduleTask: h.TaskScheduled,
+    h.CreateTimer: h.TimerCreated,
+    h.CreateSubOrchestration: h.SubOrchestrationInstanceCreated,
+    h.SendEvent: h.EventSent,
+}
+_SCHEDULING_EVENTS = tuple(_SCHEDULING_EVENT_OF_ACTION.values())
+_ENDING_STATUSES = frozenset(
+    {Status.COMPLETED, Status.FAILED, Status.TERMINATED, Status.CANCELED, Status.CONTINUED_AS_NEW}
+)
+
+
+def scheduled_ids(events: Iterable[h.HistoryEvent]) -> dict[int, type]:
+    return {e.event_id: type(e) for e in events if isinstance(e, _SCHEDULING_EVENTS)}
+
+
+def validate_orchestrator_actions(actions: list[h.OrchestratorAction], scheduled: dict[int, type]) -> None:
+    """Refuse (``INVALID_ARGUMENT``) actions that contradict the history the worker was given.
+
+    A replaying worker re-creates the tasks its history records and only *new* ones become actions,
+    so an action whose id the history already used for a task is a worker out of step with the
+    instance (or a forged response), as is one id used twice in one response.
+    """
+    seen: set[int] = set()
+    for action in actions:
+        event_kind = _SCHEDULING_EVENT_OF_ACTION.get(type(action))
+        if event_kind is not None:
+            recorded = scheduled.get(action.id)
+            if recorded is not None:
+                what = "the same task again" if recorded is event_kind else f"a {recorded.__name__} there"
+                raise invalid(
+                    f"{type(action).__name__} action id {action.id} contradicts the history, which records "
+                    f"{what}: the worker's replay is out of step with the instance"
+                )
+            if action.id in seen:
+                raise invalid(f"two actions of one response use task id {action.id}")
+            seen.add(action.id)
+        _validate_action_fields(action)
+
+
+def _validate_action_fields(action: h.OrchestratorAction) -> None:
+    if isinstance(action, (h.ScheduleTask, h.CreateSubOrchestration)) and not action.name:
+        raise invalid(f"{type(action).__name__} action id {action.id} names no task")
+    targeted = (h.CreateSubOrchestration, h.SendEvent, h.TerminateOrchestration)
+    if isinstance(action, targeted) and not action.instance_id:
+        raise invalid(f"{type(action).__name__} action id {action.id} names no target instance")
+    if isinstance(action, h.SendEvent) and not action.name:
+        raise invalid(f"SendEvent action id {action.id} names no event")
+    if isinstance(action, h.CompleteOrchestration) and action.status not in _ENDING_STATUSES:
+        raise invalid(
+            f"CompleteOrchestration action id {action.id} has status {action.status.name}, "
+            "which does not end an orchestration"
+        )
+
+
+# --- the dispatcher --------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Routes one hub's work items to its connected worker streams."""
+
+    def __init__(self, backend: LocalBackend, settings: ServerSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.streams: dict[str, WorkerStream] = {}
+        self.in_flight: dict[str, InFlight] = {}
+        self._token_of_instance: dict[str, str] = {}
+        self._parked: list[_Parked] = []
+        self._room: dict[Kind, asyncio.Event] = {ORCHESTRATION: asyncio.Event(), ACTIVITY: asyncio.Event()}
+        self._pumps: list[asyncio.Task[None]] = []
+        self._round_robin = itertools.count()
+        self._last_lease_partial: dict[Kind, bool] = {ORCHESTRATION: False, ACTIVITY: False}
+        self._stopping = False
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def connect(self, request: Any) -> WorkerStream:
+        if self._stopping:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        stream = WorkerStream(request, self.settings)
+        self.streams[stream.id] = stream
+        self._start_pumps()
+        self._signal_room()
+        return stream
+
+    async def disconnect(self, stream: WorkerStream) -> None:
+        """The stream ended: its in-flight items go back to the queue for another worker."""
+        stream.closed = True
+        self.streams.pop(stream.id, None)
+        mine = [token for token, f in self.in_flight.items() if f.stream is stream]
+        for token in mine:
+            await self._hand_back(token)
+
+    def _signal_room(self, kind: Kind | None = None) -> None:
+        for k in (kind,) if kind else (ORCHESTRATION, ACTIVITY):
+            self._room[k].set()
+
+    def _start_pumps(self) -> None:
+        if not self._pumps:
+            loop = asyncio.get_running_loop()
+            self._pumps = [
+                loop.create_task(self._pump(ORCHESTRATION), name="duratask-server-orchestrations"),
+                loop.create_task(self._pump(ACTIVITY), name="duratask-server-activities"),
+            ]
+
+    async def stop(self) -> None:
+        """Stop leasing, close every stream, hand every unfinished item back."""
+        self._stopping = True
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._pumps = []
+        for stream in list(self.streams.values()):
+            stream.closed = True
+            stream.outbox.put_nowait(None)
+        for token in list(self.in_flight):
+            await self._hand_back(token)
+        for parked in self._parked:
+            await self._abandon(parked.kind, parked.item)
+        self._parked.clear()
+
+    # --- leasing and routing ----------------------------------------------------------------
+
+    async def _pump(self, kind: Kind) -> None:
+        while True:
+            try:
+                await self._pump_once(kind)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("work-item pump (%s) failed; retrying", kind)
+                await asyncio.sleep(0.5)
+
+    async def _pump_once(self, kind: Kind) -> None:
+        await self._retry_parked(kind)
+        room = self._room[kind]
+        room.clear()
+        free = sum(s.free(kind) for s in self.streams.values())
+        parked_here = sum(1 for p in self._parked if p.kind == kind)
+        if free <= 0 or parked_here >= self.settings.max_parked:
+            await self._wait(room, self._park_wait())
+            return
+        limit = min(free, self.settings.lease_batch)
+        if self._last_lease_partial[kind] and self.in_flight:
+            # Busy: let finished work pile up for about one storage commit, then take it in one
+            # lease (each lease is a write transaction; one per item would cost a sync each).
+            await asyncio.sleep(self.settings.lease_gather_seconds)
+        # Listen before leasing: work committed between an empty lease and the wait must wake us.
+        notifier = self.backend.storage.notifier
+        woke = notifier.register(ORCHESTRATIONS if kind == ORCHESTRATION else ACTIVITIES)
+        try:
+            items: list[Any] = list(
+                await (
+                    self.backend.lease_orchestrations(limit)
+                    if kind == ORCHESTRATION
+                    else self.backend.lease_activities(limit)
+                )
+            )
+            if not items:
+                # wait_for_work adds the safety nets: due timers, polling when other processes share the storage
+                work = asyncio.ensure_future(self.backend.wait_for_work(kind, self._park_wait() or 5.0))
+                try:
+                    await self._wait(room, None, also=(work, woke))
+                finally:
+                    work.cancel()
+                return
+        finally:
+            notifier.unregister(woke)
+        self._last_lease_partial[kind] = len(items) < limit
+        routes = await asyncio.gather(*(self._describe(kind, item) for item in items))
+        for item, described in zip(items, routes):
+            if described is None:
+                continue
+            name, version, scheduled = described
+            self._route(kind, item, name, version, scheduled)
+
+    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, type]] | None:
+        """Name and version to route by; for orchestrations, the full history goes into the item."""
+        if kind == ACTIVITY:
+            return item.name, item.version, {}
+        # Straight from the storage: one read instead of the backend's check-then-read (a leased
+        # instance exists; one purged meanwhile has an empty history and its commit is fenced out).
+        history = await self.backend.storage.get_history(item.instance_id)
+        item.history = history
+        started = next(
+            (e for e in itertools.chain(history, item.new_events) if isinstance(e, h.ExecutionStarted)), None
+        )
+        version = started.version if started is not None else None
+        return item.name, version, scheduled_ids(history)
+
+    def _route(
+        self, kind: Kind, item: Any, name: str, version: str | None, scheduled: dict[int, type]
+    ) -> None:
+        stream = self._pick(kind, name, version)
+        if stream is None:
+            deadline = time.monotonic() + self.settings.park_seconds
+            self._parked.append(_Parked(kind, item, name, version, deadline))
+            return
+        self._send(kind, item, stream, scheduled)
+
+    def _pick(self, kind: Kind, name: str, version: str | None) -> WorkerStream | None:
+        candidates = [s for s in self.streams.values() if s.free(kind) > 0 and s.accepts(kind, name, version)]
+        if not candidates:
+            return None
+        most_room = max(s.free(kind) for s in candidates)
+        roomy = [s for s in candidates if s.free(kind) == most_room]
+        return roomy[next(self._round_robin) % len(roomy)]
+
+    def _send(self, kind: Kind, item: Any, stream: WorkerStream, scheduled: dict[int, type]) -> None:
+        if kind == ORCHESTRATION:
+            # One orchestration item per instance in flight: a newer lease supersedes an older one
+            # (whose lease expired), and the older token goes stale.
+            older = self._token_of_instance.pop(item.instance_id, None)
+            if older is not None:
+                self._forget(older)
+            self._token_of_instance[item.instance_id] = item.token
+            message = convert.orchestration_work_item_to_pb(item)
+        else:
+            message = convert.activity_work_item_to_pb(item)
+        stream.busy[kind] += 1
+        self.in_flight[item.token] = InFlight(kind, item, stream, scheduled)
+        stream.outbox.put_nowait(message)
+
+    async def _retry_parked(self, kind: Kind) -> None:
+        if not self._parked:
+            return
+        now = time.monotonic()
+        keep: list[_Parked] = []
+        for parked in self._parked:
+            if parked.kind != kind:
+                keep.append(parked)
+                continue
+            stream = self._pick(kind, parked.name, parked.version)
+            if stream is not None:
+                item = parked.item
+                history = item.history if isinstance(item, OrchestrationWorkItem) else None
+                scheduled = scheduled_ids(history or [])
+                self._send(kind, parked.item, stream, scheduled)
+            elif parked.deadline <= now:
+                await self._abandon(kind, parked.item)
+            else:
+                keep.append(parked)
+        self._parked = keep
+
+    def _park_wait(self) -> float | None:
+        if not self._parked:
+            return None
+        return max(0.0, min(p.deadline for p in self._parked) - time.monotonic())
+
+    @staticmethod
+    async def _wait(
+        event: asyncio.Event, timeout: float | None, also: Iterable[asyncio.Future[Any]] = ()
+    ) -> None:
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter, *also}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    # --- settling ---------------------------------------------------------------------------
+
+    def take(self, token: str, kind: Kind) -> InFlight:
+        """The in-flight item of ``token`` (still in flight); ``NOT_FOUND`` for unknown or stale tokens."""
+        flight = self.in_flight.get(token)
+        if flight is None or flight.kind != kind:
+            raise not_found(
+                f"no {kind} work item is in flight with completion token {token!r}: it is unknown, "
+                "already completed or abandoned, or its lease passed to another worker"
+            )
+        return flight
+
+    def _forget(self, token: str) -> InFlight | None:
+        flight = self.in_flight.pop(token, None)
+        if flight is None:
+            return None
+        flight.stream.busy[flight.kind] -= 1
+        if flight.kind == ORCHESTRATION:
+            instance_id = flight.item.instance_id
+            if self._token_of_instance.get(instance_id) == token:
+                del self._token_of_instance[instance_id]
+        self._signal_room(flight.kind)
+        return flight
+
+    async def complete_orchestration(self, response: Any) -> bool:
+        """Apply a worker's ``OrchestratorResponse``; ``False`` if the lease was lost meanwhile."""
+        token = response.completionToken
+        flight = self.take(token, ORCHESTRATION)
+        item = flight.item
+        assert isinstance(item, OrchestrationWorkItem)
+        with self._refusal_hands_back(token):
+            if response.instanceId and response.instanceId != item.instance_id:
+                raise invalid(
+                    f"completion token {token!r} belongs to instance {item.instance_id!r}, "
+                    f"not {response.instanceId!r}"
+                )
+            result = convert.orchestration_result_from_pb(response)
+            validate_orchestrator_actions(result.actions, flight.scheduled)
+        self._forget(token)
+        (applied,) = await self.backend.complete_orchestrations([(item, result)])
+        return applied
+
+    async def complete_activity(self, response: Any) -> bool:
+        """Apply a worker's ``ActivityResponse``; ``False`` if the lease was lost meanwhile."""
+        token = response.completionToken
+        flight = self.take(token, ACTIVITY)
+        item = flight.item
+        assert isinstance(item, ActivityWorkItem)
+        with self._refusal_hands_back(token):
+            if response.instanceId and response.instanceId != item.instance_id:
+                raise invalid(
+                    f"completion token {token!r} belongs to instance {item.instance_id!r}, "
+                    f"not {response.instanceId!r}"
+                )
+            if response.taskId != item.task_id:
+                raise invalid(
+                    f"completion token {token!r} belongs to task {item.task_id} of {item.instance_id!r}, "
+                    f"not to task {response.taskId}"
+                )
+            outcome = convert.activity_outcome_from_pb(response, utcnow())
+        self._forget(token)
+        (applied,) = await self.backend.complete_activities([(item, outcome)])
+        return applied
+
+    @contextlib.contextmanager
+    def _refusal_hands_back(self, token: str) -> Iterator[None]:
+        """A refused completion leaves stored state alone; the item stays leased for
+        ``refused_hand_back_seconds`` (the worker may still send a valid completion) and then goes
+        back to the queue, so a worker out of step does not spin on it."""
+        try:
+            yield
+        except ValueError as exc:  # conversion errors, refusals (RpcError is not a ValueError)
+            self._hand_back_later(token)
+            raise invalid(f"invalid completion for token {token!r}: {exc}") from exc
+        except RpcError:
+            self._hand_back_later(token)
+            raise
+
+    async def abandon(self, token: str, kind: Kind) -> None:
+        self.take(token, kind)
+        await self._hand_back(token)
+
+    def _hand_back_later(self, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            self.settings.refused_hand_back_seconds, lambda: loop.create_task(self._hand_back(token))
+        )
+
+    async def _hand_back(self, token: str) -> None:
+        flight = self._forget(token)
+        if flight is not None:
+            await self._abandon(flight.kind, flight.item)
+
+    async def _abandon(self, kind: Kind, item: Any) -> None:
+        abandon: Callable[[Any], Any] = (
+            self.backend.abandon_orchestration if kind == ORCHESTRATION else self.backend.abandon_activity
+        )
+        with contextlib.suppress(Exception):  # a lost lease needs no hand-back
+            await abandon(item)

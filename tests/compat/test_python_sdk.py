@@ -1,0 +1,425 @@
+"""The official Python SDK (durabletask 1.12 and durabletask-azuremanaged 1.12), unmodified,
+against `duratask serve`: every scenario runs with both packages' client and worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from durabletask import task
+from durabletask.client import OrchestrationQuery, OrchestrationStatus
+
+from tests.compat.conftest import make_client
+from tests.compat.serverlib import ServerThread
+
+TIMEOUT = 30
+
+# --- orchestrators and activities (module level: the SDK names them after the functions) -------
+
+
+def say_hello(ctx: task.ActivityContext, city: str) -> str:
+    return f"Hello {city}!"
+
+
+def hello_cities(ctx: task.OrchestrationContext, _: Any) -> Any:
+    greetings = []
+    for city in ("Tokyo", "Seattle", "London"):
+        greetings.append((yield ctx.call_activity(say_hello, input=city)))
+    return greetings
+
+
+def square(ctx: task.ActivityContext, n: int) -> int:
+    return n * n
+
+
+def fan_out(ctx: task.OrchestrationContext, n: int) -> Any:
+    results = yield task.when_all([ctx.call_activity(square, input=i) for i in range(n)])
+    return sum(results)
+
+
+def sleeper(ctx: task.OrchestrationContext, seconds: float) -> Any:
+    before = ctx.current_utc_datetime
+    yield ctx.create_timer(timedelta(seconds=seconds))
+    return (ctx.current_utc_datetime - before).total_seconds()
+
+
+def approval(ctx: task.OrchestrationContext, _: Any) -> Any:
+    decision = yield ctx.wait_for_external_event("approval")
+    return {"approved": decision}
+
+
+def two_events(ctx: task.OrchestrationContext, _: Any) -> Any:
+    first = yield ctx.wait_for_external_event("first")
+    second = yield ctx.wait_for_external_event("second")
+    return [first, second]
+
+
+def child(ctx: task.OrchestrationContext, n: int) -> Any:
+    value = yield ctx.call_activity(square, input=n)
+    return value + 1
+
+
+def parent(ctx: task.OrchestrationContext, n: int) -> Any:
+    results = yield task.when_all(
+        [
+            ctx.call_sub_orchestrator(child, input=i, instance_id=f"{ctx.instance_id}-child-{i}")
+            for i in range(n)
+        ]
+    )
+    return results
+
+
+def waits_forever(ctx: task.OrchestrationContext, _: Any) -> Any:
+    yield ctx.wait_for_external_event("never")
+
+
+def parent_of_waiter(ctx: task.OrchestrationContext, _: Any) -> Any:
+    yield ctx.call_sub_orchestrator(waits_forever, instance_id=f"{ctx.instance_id}-waiter")
+
+
+def echo(ctx: task.OrchestrationContext, value: Any) -> Any:
+    return value
+
+
+def boom(ctx: task.ActivityContext, _: Any) -> Any:
+    raise ValueError("kaboom")
+
+
+def calls_boom(ctx: task.OrchestrationContext, _: Any) -> Any:
+    yield ctx.call_activity(boom)
+
+
+# Rewind: `flaky` fails until it is told to heal; `steady` must run once, before and after rewind.
+RUNS: Counter[str] = Counter()
+HEALED = threading.Event()
+
+
+def steady(ctx: task.ActivityContext, _: Any) -> str:
+    RUNS["steady"] += 1
+    return "kept"
+
+
+def flaky(ctx: task.ActivityContext, _: Any) -> str:
+    RUNS["flaky"] += 1
+    if not HEALED.is_set():
+        raise RuntimeError("dependency down")
+    return "recovered"
+
+
+def rewindable(ctx: task.OrchestrationContext, _: Any) -> Any:
+    a = yield ctx.call_activity(steady)
+    b = yield ctx.call_activity(flaky)
+    return f"{a}:{b}"
+
+
+def flaky_child(ctx: task.OrchestrationContext, _: Any) -> Any:
+    value = yield ctx.call_activity(flaky)
+    return value
+
+
+def rewindable_parent(ctx: task.OrchestrationContext, _: Any) -> Any:
+    a = yield ctx.call_activity(steady)
+    b = yield ctx.call_sub_orchestrator(flaky_child, instance_id=f"{ctx.instance_id}-child")
+    return f"{a}:{b}"
+
+
+def completed(client: Any, instance_id: str) -> Any:
+    state = client.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)
+    assert state is not None
+    return state
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+def test_activity_sequence(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[hello_cities], activities=[say_hello])
+    instance_id = client.schedule_new_orchestration(hello_cities)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
+    assert state.name == "hello_cities"
+    history = client.get_orchestration_history(instance_id)
+    kinds = [type(e).__name__ for e in history]
+    assert kinds.count("TaskScheduledEvent") == 3 and kinds.count("TaskCompletedEvent") == 3
+    assert kinds[0] == "OrchestratorStartedEvent" and "ExecutionCompletedEvent" in kinds
+
+
+def test_fan_out_fan_in(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[fan_out], activities=[square])
+    instance_id = client.schedule_new_orchestration(fan_out, input=50)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() == sum(i * i for i in range(50))
+
+
+def test_durable_timer(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[sleeper])
+    started = time.monotonic()
+    instance_id = client.schedule_new_orchestration(sleeper, input=1.0)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() >= 1.0
+    assert time.monotonic() - started >= 1.0
+
+
+def test_scheduled_start_waits(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[echo])
+    start_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    instance_id = client.schedule_new_orchestration(echo, input="later", start_at=start_at)
+    assert client.get_orchestration_state(instance_id).runtime_status == OrchestrationStatus.PENDING
+    state = completed(client, instance_id)
+    assert state.get_output() == "later"
+    assert datetime.now(UTC) >= start_at
+
+
+def test_external_events(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[approval, two_events])
+    instance_id = client.schedule_new_orchestration(approval)
+    started = client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
+    assert started.runtime_status == OrchestrationStatus.RUNNING
+    client.raise_orchestration_event(instance_id, "approval", data=True)
+    assert completed(client, instance_id).get_output() == {"approved": True}
+
+    # Events that arrive before they are awaited are kept, in order.
+    other = client.schedule_new_orchestration(two_events)
+    client.raise_orchestration_event(other, "second", data=2)
+    client.raise_orchestration_event(other, "first", data=1)
+    assert completed(client, other).get_output() == [1, 2]
+
+
+def test_sub_orchestrations(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[parent, child], activities=[square])
+    instance_id = client.schedule_new_orchestration(parent, input=4)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() == [1, 2, 5, 10]
+    assert completed(client, f"{instance_id}-child-3").get_output() == 10
+
+
+def test_activity_failure_fails_the_instance(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[calls_boom], activities=[boom])
+    state = completed(client, client.schedule_new_orchestration(calls_boom))
+    assert state.runtime_status == OrchestrationStatus.FAILED
+    assert state.failure_details is not None
+    assert "kaboom" in state.failure_details.message
+
+
+def test_suspend_resume(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[approval])
+    instance_id = client.schedule_new_orchestration(approval)
+    client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
+    client.suspend_orchestration(instance_id, reason="maintenance")
+    wait_for_status(client, instance_id, OrchestrationStatus.SUSPENDED)
+    client.raise_orchestration_event(instance_id, "approval", data="while suspended")
+    time.sleep(0.5)  # the event must wait for the resume
+    assert client.get_orchestration_state(instance_id).runtime_status == OrchestrationStatus.SUSPENDED
+    client.resume_orchestration(instance_id, reason="done")
+    state = completed(client, instance_id)
+    assert state.get_output() == {"approved": "while suspended"}
+
+
+def test_terminate_is_recursive(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[parent_of_waiter, waits_forever])
+    instance_id = client.schedule_new_orchestration(parent_of_waiter)
+    child_id = f"{instance_id}-waiter"
+    client.wait_for_orchestration_start(child_id, timeout=TIMEOUT)
+    client.terminate_orchestration(instance_id, output="stopped", recursive=True)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.TERMINATED
+    assert state.get_output() == "stopped"
+    assert completed(client, child_id).runtime_status == OrchestrationStatus.TERMINATED
+
+
+def test_query_filters_and_paging(client: Any, start_worker: Any, server: ServerThread) -> None:
+    start_worker(orchestrators=[echo, waits_forever])
+    done = [client.schedule_new_orchestration(echo, input=i, instance_id=f"q-done-{i}") for i in range(5)]
+    for instance_id in done:
+        completed(client, instance_id)
+    waiting = client.schedule_new_orchestration(waits_forever, instance_id="q-wait")
+    client.wait_for_orchestration_start(waiting, timeout=TIMEOUT)
+
+    everything = client.get_all_orchestration_states(OrchestrationQuery(max_instance_count=2))
+    assert sorted(s.instance_id for s in everything) == sorted([*done, waiting])
+    assert all(s.serialized_input is None for s in everything)  # not asked for payloads
+
+    running = client.get_all_orchestration_states(
+        OrchestrationQuery(runtime_status=[OrchestrationStatus.RUNNING], fetch_inputs_and_outputs=True)
+    )
+    assert [s.instance_id for s in running] == [waiting]
+    by_prefix = client.get_all_orchestration_states(
+        OrchestrationQuery(instance_id_prefix="q-done-", fetch_inputs_and_outputs=True)
+    )
+    assert sorted(s.get_output() for s in by_prefix) == [0, 1, 2, 3, 4]
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert client.get_all_orchestration_states(OrchestrationQuery(created_time_from=future)) == []
+
+    page = client.list_instance_ids(runtime_status=[OrchestrationStatus.COMPLETED], page_size=3)
+    assert len(page.items) == 3 and page.continuation_token
+    rest = client.list_instance_ids(
+        runtime_status=[OrchestrationStatus.COMPLETED],
+        page_size=3,
+        continuation_token=page.continuation_token,
+    )
+    assert sorted(page.items + rest.items) == sorted(done) and rest.continuation_token is None
+
+
+def test_purge(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[parent, child, echo], activities=[square])
+    instance_id = client.schedule_new_orchestration(parent, input=2)
+    completed(client, instance_id)
+    result = client.purge_orchestration(instance_id, recursive=True)
+    assert result.deleted_instance_count == 3
+    assert client.get_orchestration_state(instance_id) is None
+    assert client.get_orchestration_state(f"{instance_id}-child-0") is None
+
+    for i in range(3):
+        completed(client, client.schedule_new_orchestration(echo, input=i, instance_id=f"p-{i}"))
+    by_filter = client.purge_orchestrations_by(runtime_status=[OrchestrationStatus.COMPLETED])
+    assert by_filter.deleted_instance_count == 3 and by_filter.is_complete is True
+    assert client.get_orchestration_state("p-0") is None
+
+
+def test_purge_refuses_running_and_missing(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[waits_forever])
+    instance_id = client.schedule_new_orchestration(waits_forever)
+    client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
+    with pytest.raises(grpc.RpcError) as running:
+        client.purge_orchestration(instance_id)
+    assert running.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as missing:
+        client.purge_orchestration("no-such-instance")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert client.get_orchestration_state(instance_id).runtime_status == OrchestrationStatus.RUNNING
+
+
+def test_restart(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[echo, waits_forever])
+    instance_id = client.schedule_new_orchestration(echo, input={"n": 1})
+    first = completed(client, instance_id)
+    same = client.restart_orchestration(instance_id)
+    assert same == instance_id
+    again = completed(client, instance_id)
+    assert again.get_output() == {"n": 1} and again.created_at >= first.created_at
+
+    other = client.restart_orchestration(instance_id, restart_with_new_instance_id=True)
+    assert other != instance_id
+    assert completed(client, other).get_output() == {"n": 1}
+
+    running = client.schedule_new_orchestration(waits_forever)
+    client.wait_for_orchestration_start(running, timeout=TIMEOUT)
+    with pytest.raises(grpc.RpcError) as refused:
+        client.restart_orchestration(running)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_rewind_reruns_only_failed_work(client: Any, start_worker: Any) -> None:
+    RUNS.clear()
+    HEALED.clear()
+    start_worker(orchestrators=[rewindable], activities=[steady, flaky])
+    instance_id = client.schedule_new_orchestration(rewindable)
+    assert completed(client, instance_id).runtime_status == OrchestrationStatus.FAILED
+    HEALED.set()
+    client.rewind_orchestration(instance_id, reason="dependency is back")
+    state = wait_for_status(client, instance_id, OrchestrationStatus.COMPLETED)
+    assert state.get_output() == "kept:recovered"
+    assert RUNS == Counter({"steady": 1, "flaky": 2})
+    history = client.get_orchestration_history(instance_id)
+    assert any(type(e).__name__ == "ExecutionRewoundEvent" for e in history)
+
+    with pytest.raises(grpc.RpcError) as not_failed:
+        client.rewind_orchestration(instance_id)
+    assert not_failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_rewind_reaches_failed_sub_orchestrations(client: Any, start_worker: Any) -> None:
+    RUNS.clear()
+    HEALED.clear()
+    start_worker(orchestrators=[rewindable_parent, flaky_child], activities=[steady, flaky])
+    instance_id = client.schedule_new_orchestration(rewindable_parent)
+    assert completed(client, instance_id).runtime_status == OrchestrationStatus.FAILED
+    assert completed(client, f"{instance_id}-child").runtime_status == OrchestrationStatus.FAILED
+    HEALED.set()
+    client.rewind_orchestration(instance_id)
+    state = wait_for_status(client, instance_id, OrchestrationStatus.COMPLETED)
+    assert state.get_output() == "kept:recovered"
+    assert (
+        client.get_orchestration_state(f"{instance_id}-child").runtime_status == OrchestrationStatus.COMPLETED
+    )
+    assert RUNS == Counter({"steady": 1, "flaky": 2})
+
+
+def test_missing_instances(client: Any) -> None:
+    assert client.get_orchestration_state("nobody") is None
+    assert client.wait_for_orchestration_start("nobody", timeout=5) is None
+    assert client.wait_for_orchestration_completion("nobody", timeout=5) is None
+    with pytest.raises(grpc.RpcError) as raised:
+        client.raise_orchestration_event("nobody", "e")
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_wait_is_a_long_poll_to_the_deadline(client: Any, start_worker: Any) -> None:
+    start_worker(orchestrators=[waits_forever])
+    instance_id = client.schedule_new_orchestration(waits_forever)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.wait_for_orchestration_completion(instance_id, timeout=1.5)
+    assert 1.4 <= time.monotonic() - started < 5
+
+
+def test_id_reuse(client: Any, start_worker: Any) -> None:
+    from durabletask.internal import orchestrator_service_pb2 as official
+
+    start_worker(orchestrators=[echo, waits_forever])
+    running = client.schedule_new_orchestration(waits_forever, instance_id="reuse-me")
+    client.wait_for_orchestration_start(running, timeout=TIMEOUT)
+    with pytest.raises(grpc.RpcError) as exists:
+        client.schedule_new_orchestration(echo, instance_id="reuse-me")
+    assert exists.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    # A policy that lists RUNNING replaces the running instance (terminated first).
+    policy = official.OrchestrationIdReusePolicy(replaceableStatus=[official.ORCHESTRATION_STATUS_RUNNING])
+    client.schedule_new_orchestration(echo, input="replaced", instance_id="reuse-me", reuse_id_policy=policy)
+    assert completed(client, "reuse-me").get_output() == "replaced"
+    # Without a policy, a finished instance is replaced; with one that does not list it, it is kept.
+    client.schedule_new_orchestration(echo, input="again", instance_id="reuse-me")
+    assert completed(client, "reuse-me").get_output() == "again"
+    with pytest.raises(grpc.RpcError) as kept:
+        client.schedule_new_orchestration(echo, instance_id="reuse-me", reuse_id_policy=policy)
+    assert kept.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_task_hubs_are_separate(server: ServerThread, flavour: str, start_worker: Any) -> None:
+    if flavour != "azuremanaged":
+        pytest.skip("the taskhub metadata is what the azuremanaged client sends")
+    start_worker(orchestrators=[echo])
+    default = make_client(flavour, server.address, taskhub="default")
+    other = make_client(flavour, server.address, taskhub="other")
+    unknown = make_client(flavour, server.address, taskhub="nope")
+    try:
+        instance_id = default.schedule_new_orchestration(echo, input=1)
+        assert completed(default, instance_id).get_output() == 1
+        assert other.get_orchestration_state(instance_id) is None  # another hub: another world
+        with pytest.raises(grpc.RpcError) as not_served:
+            unknown.get_orchestration_state(instance_id)
+        assert not_served.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'nope' is not served" in (not_served.value.details() or "")
+    finally:
+        for c in (default, other, unknown):
+            c.close()
+
+
+def wait_for_status(client: Any, instance_id: str, status: Any, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.get_orchestration_state(instance_id)
+        if state is not None and state.runtime_status == status:
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{instance_id} is {state and state.runtime_status}, not {status}")
+        time.sleep(0.05)
