@@ -20,7 +20,8 @@ events, rewind actions) raise ``UnsupportedMessageError``; the caller decides wh
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -75,10 +76,12 @@ __all__ = [
     "activity_outcome_to_pb",
     "activity_work_item_from_pb",
     "activity_work_item_to_pb",
+    "check_supported",
     "event_from_pb",
     "event_to_pb",
     "failure_from_pb",
     "failure_to_pb",
+    "history_from_pb",
     "instance_response_from_pb",
     "instance_response_to_pb",
     "metadata_from_pb",
@@ -731,32 +734,60 @@ def orchestration_work_item_to_pb(item: OrchestrationWorkItem) -> pb.WorkItem:
 
 
 def orchestration_work_item_from_pb(
-    message: pb.WorkItem, past_events: Sequence[pb.HistoryEvent] | None = None
+    message: pb.WorkItem, past_events: Sequence[pb.HistoryEvent] | None = None, *, with_history: bool = True
 ) -> OrchestrationWorkItem:
-    """Our work item for a ``WorkItem`` with an ``OrchestratorRequest``, the full history included.
+    """Our work item for a ``WorkItem`` with an ``OrchestratorRequest``.
 
     ``past_events`` is the history when the request came without it (``requiresHistoryStreaming``:
-    the caller fetched it with ``StreamInstanceHistory``). The orchestrator's name, and the
-    execution id when the request has none, come from the ``ExecutionStarted`` event. Raises
-    ``UnsupportedMessageError`` for events duratask has no counterpart for.
+    the caller fetched it with ``StreamInstanceHistory``). With ``with_history=False`` the item's
+    ``history`` is left ``None`` (its length is set): converting a long history costs far more than
+    a worker whose cache is warm needs, and ``history_from_pb`` converts it on a cache miss.
+    The orchestrator's name, and the execution id when the request has none, come from the
+    ``ExecutionStarted`` event. Raises ``UnsupportedMessageError`` for events duratask has no
+    counterpart for (checked either way).
     """
     request = message.orchestratorRequest
     if past_events is None:
         if request.requiresHistoryStreaming:
             raise ValueError("the request asks the worker to stream the history: pass past_events")
         past_events = request.pastEvents
-    history = [event_from_pb(event) for event in past_events]
     fields = _decode_fields(request, _ORCHESTRATOR_REQUEST_FIELDS)
-    started = next((e for e in (*history, *fields["new_events"]) if isinstance(e, ExecutionStarted)), None)
+    if with_history:
+        history: list[HistoryEvent] | None = history_from_pb(past_events)
+        candidates: Iterable[HistoryEvent] = itertools.chain(history or (), fields["new_events"])
+    else:
+        check_supported(past_events)
+        history = None
+        first_started = next(
+            (e for e in past_events if e.WhichOneof("eventType") == "executionStarted"), None
+        )
+        candidates = itertools.chain(
+            () if first_started is None else (event_from_pb(first_started),), fields["new_events"]
+        )
+    started = next((e for e in candidates if isinstance(e, ExecutionStarted)), None)
     if started is not None and not fields["execution_id"]:
         fields["execution_id"] = started.execution_id
     return OrchestrationWorkItem(
         **fields,
         name=started.name if started is not None else "",
         token=message.completionToken,
-        history_length=len(history),
+        history_length=len(past_events),
         history=history,
     )
+
+
+def history_from_pb(messages: Iterable[pb.HistoryEvent]) -> list[HistoryEvent]:
+    """Our events for protocol events; ``UnsupportedMessageError`` at the first we cannot model."""
+    return [event_from_pb(message) for message in messages]
+
+
+def check_supported(messages: Iterable[pb.HistoryEvent]) -> None:
+    """``UnsupportedMessageError`` if any event is of a kind duratask has no counterpart for
+    (cheap: looks at the kinds only)."""
+    for message in messages:
+        wire = message.WhichOneof("eventType")
+        if wire not in _EVENT_BY_WIRE:
+            _lookup_wire(_EVENT_BY_WIRE, message, "eventType", "history event")
 
 
 def activity_work_item_to_pb(item: ActivityWorkItem) -> pb.WorkItem:

@@ -479,9 +479,10 @@ async def test_work_items_are_routed_by_kind(
         "i1",
         "orch",
         "e1",
-        [],
+        None,  # left for get_history: a worker whose cache is warm does not need it
         0,
     )
+    assert await backend.get_history("i1") == [] and sidecar.requests("StreamInstanceHistory") == []
     assert [type(e) for e in item.new_events] == [h.OrchestratorStarted, h.ExecutionStarted]
     assert [i.token for i in await backend.lease_orchestrations(10)] == ["o2"]
     activities = await backend.lease_activities(10)
@@ -539,9 +540,37 @@ async def test_history_left_out_is_streamed_for_the_work_item(
     sidecar.work_streams.append(stream_of(message))
     await backend.wait_for_work("orchestration", 5)
     (item,) = await backend.lease_orchestrations(5)
-    assert item.history == past and item.history_length == 3 and item.name == "orch"
+    assert item.history is None and item.history_length == 3 and item.name == "orch"
     (request,) = sidecar.requests("StreamInstanceHistory")
     assert request.instanceId == "i1" and request.forWorkItemProcessing is True
+    assert await backend.get_history("i1") == past  # the history fetched for the item: no second call
+    assert len(sidecar.requests("StreamInstanceHistory")) == 1
+
+
+async def test_leased_history_is_served_until_the_item_is_settled(
+    sidecar: Sidecar, backend: RemoteBackend
+) -> None:
+    past = [
+        h.OrchestratorStarted(timestamp=T0),
+        STARTED,
+        h.TimerCreated(timestamp=T0, event_id=0, fire_at=T0),
+    ]
+    new = [h.OrchestratorStarted(timestamp=T0), h.TimerFired(timestamp=T0, fire_at=T0, timer_id=0)]
+    message = pb.WorkItem(
+        completionToken="o1",
+        orchestratorRequest=pb.OrchestratorRequest(
+            instanceId="i1",
+            pastEvents=[convert.event_to_pb(e) for e in past],
+            newEvents=[convert.event_to_pb(e) for e in new],
+        ),
+    )
+    (item,), _ = await leased(sidecar, backend, message)
+    assert (item.history, item.history_length, item.name, item.new_events) == (None, 3, "orch", new)
+    assert await backend.get_history("i1") == past
+    assert sidecar.requests("StreamInstanceHistory") == []
+    await backend.complete_orchestrations([(item, OrchestrationResult(actions=[]))])
+    sidecar.history = [convert.event_to_pb(e) for e in past + new]
+    assert await backend.get_history("i1") == past + new  # settled: asked of the scheduler again
 
 
 async def test_history_that_cannot_be_fetched_hands_the_item_back(

@@ -214,3 +214,22 @@ def test_activity_outcomes_both_ways() -> None:
     message = convert.activity_outcome_to_pb(item, failed)
     assert message.HasField("failureDetails")
     assert convert.activity_outcome_from_pb(message, T0) == failed
+
+
+def test_orchestration_work_item_without_converting_the_history() -> None:
+    past = [h.OrchestratorStarted(timestamp=T0), STARTED, h.TaskScheduled(timestamp=T0, event_id=0, name="a")]
+    message = pb.WorkItem(
+        completionToken="t",
+        orchestratorRequest=pb.OrchestratorRequest(
+            instanceId="i1", pastEvents=[convert.event_to_pb(e) for e in past]
+        ),
+    )
+    item = convert.orchestration_work_item_from_pb(message, with_history=False)
+    assert (item.history, item.history_length, item.name, item.execution_id) == (None, 3, "orch", "e1")
+    assert convert.history_from_pb(message.orchestratorRequest.pastEvents) == past
+    entity = pb.HistoryEvent(eventId=1, entityLockGranted=pb.EntityLockGrantedEvent(criticalSectionId="c"))
+    message.orchestratorRequest.pastEvents.append(entity)
+    with pytest.raises(convert.UnsupportedMessageError, match="entityLockGranted"):
+        convert.orchestration_work_item_from_pb(message, with_history=False)
+    with pytest.raises(convert.UnsupportedMessageError):
+        convert.check_supported([pb.HistoryEvent(eventId=1)])  # no kind at all

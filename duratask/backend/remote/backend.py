@@ -97,6 +97,9 @@ class RemoteBackend:
         )
         self._stream = WorkItemStream(self._open_work_stream, self._hand_back_entity_item)
         self._leased: set[_Leased] = set()
+        # The history each leased orchestration came with, still in protocol form: converted only
+        # if the worker's cache misses and it asks (get_history). Instance id -> (token, events).
+        self._held_histories: dict[str, tuple[str, Sequence[Any]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._warned_entities = False
 
@@ -112,6 +115,7 @@ class RemoteBackend:
         handbacks = [self._abandon_message(message) for message in queued]
         handbacks += [self._abandon_leased(leased) for leased in self._leased]
         self._leased.clear()
+        self._held_histories.clear()
         if handbacks:
             await asyncio.wait(
                 [asyncio.ensure_future(h) for h in handbacks], timeout=ABANDON_ON_CLOSE_SECONDS
@@ -255,7 +259,14 @@ class RemoteBackend:
 
     async def get_history(self, instance_id: str) -> list[h.HistoryEvent]:
         """The instance's history; events duratask's model has no counterpart for (entity
-        operations, generic events) are left out."""
+        operations, generic events) are left out.
+
+        While this backend holds a work item of the instance, its history is the one the item came
+        with (nothing else changes a leased instance's history): no call is needed.
+        """
+        held = self._held_histories.get(instance_id)
+        if held is not None:
+            return convert.history_from_pb(held[1])  # checked when leased: all supported
         return _supported_events(await self._history_messages(instance_id))
 
     # --- worker side: orchestrations ------------------------------------------------------------
@@ -267,21 +278,24 @@ class RemoteBackend:
         self._stream.start()
         items = []
         for message in self._stream.take("orchestration", limit):
-            item = await self._orchestration_item(message)
-            if item is not None:
+            leased = await self._orchestration_item(message)
+            if leased is not None:
+                item, past = leased
                 self._leased.add(("orchestration", item.token, item.instance_id, -1))
+                self._held_histories[item.instance_id] = (item.token, past)
                 items.append(item)
         return items
 
-    async def _orchestration_item(self, message: Any) -> OrchestrationWorkItem | None:
-        """Our work item, its history fetched if the scheduler left it out. A work item duratask
-        cannot run fails its instance; one whose history cannot be fetched goes back."""
+    async def _orchestration_item(self, message: Any) -> tuple[OrchestrationWorkItem, Sequence[Any]] | None:
+        """Our work item (its ``history`` left for ``get_history``) and the protocol events of that
+        history, fetched if the scheduler left them out. A work item duratask cannot run fails its
+        instance; one whose history cannot be fetched goes back."""
         request = message.orchestratorRequest
         try:
-            past = None
+            past = request.pastEvents
             if request.requiresHistoryStreaming:
                 past = await self._history_messages(request.instanceId, for_work_item=True)
-            return convert.orchestration_work_item_from_pb(message, past)
+            return convert.orchestration_work_item_from_pb(message, past, with_history=False), past
         except convert.UnsupportedMessageError as exc:
             log.error("failing orchestration %r: %s", request.instanceId, exc)
             await self._complete_orchestration(_placeholder(message), _unsupported(exc))
@@ -298,7 +312,7 @@ class RemoteBackend:
         return list(await asyncio.gather(*(self._complete_orchestration(i, r) for i, r in done)))
 
     async def _complete_orchestration(self, item: OrchestrationWorkItem, result: OrchestrationResult) -> bool:
-        self._leased.discard(("orchestration", item.token, item.instance_id, -1))
+        self._release(item)
         rpc = self._stub.CompleteOrchestratorTask
         refusal = await self._settle(rpc, convert.orchestration_result_to_pb(item, result), item.instance_id)
         if refusal is not None and refusal.code() in _RESULT_REFUSED:
@@ -313,10 +327,16 @@ class RemoteBackend:
         return refusal is None
 
     async def abandon_orchestration(self, item: OrchestrationWorkItem) -> None:
-        self._leased.discard(("orchestration", item.token, item.instance_id, -1))
+        self._release(item)
         await self._abandon(
             self._stub.AbandonTaskOrchestratorWorkItem, pb.AbandonOrchestrationTaskRequest, item.token
         )
+
+    def _release(self, item: OrchestrationWorkItem) -> None:
+        self._leased.discard(("orchestration", item.token, item.instance_id, -1))
+        held = self._held_histories.get(item.instance_id)
+        if held is not None and held[0] == item.token:
+            del self._held_histories[item.instance_id]
 
     # --- worker side: activities ----------------------------------------------------------------
 
