@@ -766,3 +766,16 @@ async def test_close_hands_back_everything_held(sidecar: Sidecar) -> None:
         await remote.get_history("i1")
     assert await remote.lease_orchestrations(5) == []  # no stream is opened again
     assert len(sidecar.requests("GetWorkItems")) == 1
+
+
+async def test_close_does_not_wait_long_for_hand_backs(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_backend, "ABANDON_ON_CLOSE_SECONDS", 0.2)
+    sidecar.handlers["AbandonTaskOrchestratorWorkItem"] = never_answer
+    remote = await RemoteBackend.connect(endpoint(sidecar))
+    await leased(sidecar, remote, orchestrator_item("held"))
+    began = time.monotonic()
+    await remote.close()
+    assert time.monotonic() - began < 2.0
+    assert len(sidecar.requests("AbandonTaskOrchestratorWorkItem")) == 1

@@ -116,13 +116,13 @@ class RemoteBackend:
         handbacks += [self._abandon_leased(leased) for leased in self._leased]
         self._leased.clear()
         self._held_histories.clear()
-        if handbacks:
-            await asyncio.wait(
-                [asyncio.ensure_future(h) for h in handbacks], timeout=ABANDON_ON_CLOSE_SECONDS
-            )
-        for task in list(self._background):
+        pending = [asyncio.ensure_future(handback) for handback in handbacks]
+        if pending:
+            await asyncio.wait(pending, timeout=ABANDON_ON_CLOSE_SECONDS)
+        stragglers = [*pending, *self._background]
+        for task in stragglers:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*stragglers, return_exceptions=True)
         await self._channel.close()
 
     # --- calls ----------------------------------------------------------------------------------
@@ -384,6 +384,8 @@ class RemoteBackend:
                 level, "completion for %r not applied: %s: %s", instance_id, exc.code().name, exc.details()
             )
             return exc
+        except grpc.aio.UsageError as exc:
+            raise self._closed_error() from exc
         return None
 
     async def _abandon(self, rpc: Any, request_type: Callable[..., Any], token: str) -> None:
@@ -392,6 +394,8 @@ class RemoteBackend:
             await rpc(request_type(completionToken=token), metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             log.debug("handing back work item %r failed: %s: %s", token, exc.code().name, exc.details())
+        except grpc.aio.UsageError:
+            log.debug("handing back work item %r: the channel is closed", token)
 
     def _abandon_leased(self, leased: _Leased) -> Awaitable[None]:
         kind, token = leased[0], leased[1]
