@@ -64,12 +64,14 @@ class NameFilter:
         return not versions or (version or "") in versions
 
     @classmethod
-    def of(cls, filters: Iterable[Any]) -> NameFilter | None:
-        """From the protocol's ``OrchestrationFilter`` / ``ActivityFilter`` list; none: accept all."""
+    def of(cls, filters: Iterable[Any]) -> NameFilter:
+        """From the protocol's ``OrchestrationFilter`` / ``ActivityFilter`` list. As in the official
+        SDKs' reference backend, a worker that sends filters and lists no name of a kind takes
+        nothing of that kind (a worker that sends no filters at all takes everything)."""
         table: dict[str, frozenset[str]] = {}
         for f in filters:
             table[f.name] = table.get(f.name, frozenset()) | frozenset(f.versions)
-        return cls(table) if table else None
+        return cls(table)
 
 
 class WorkerStream:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -139,3 +139,69 @@ def quiet_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(f"compat.{name}")
     logger.setLevel(logging.WARNING)
     return logger
+
+
+# --- a hand-driven worker, speaking the raw protocol (for the bad-input and dispatch tests) -----
+
+
+class RawWorker:
+    """One `GetWorkItems` stream over grpc.aio, driven by hand: the test plays the worker.
+
+    A background task reads the stream into a queue (cancelling a pending read would cancel the
+    whole call, that is, disconnect the worker)."""
+
+    def __init__(self, address: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.TaskHubSidecarServiceStub(self.channel)
+        self.metadata = metadata
+        self.call: Any = None
+        self._items: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, **request: Any) -> RawWorker:
+        from duratask.protocol import pb
+
+        self.call = self.stub.GetWorkItems(pb.GetWorkItemsRequest(**request), metadata=self.metadata)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for item in self.call:
+                self._items.put_nowait(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads next
+            self._items.put_nowait(exc)
+        else:
+            self._items.put_nowait(EOFError("the work-item stream ended"))
+
+    async def next(self, timeout: float = 10.0, pings: bool = False) -> Any:
+        """The next work item (HealthPings skipped unless ``pings``); TimeoutError if none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no work item came")
+            item = await asyncio.wait_for(self._items.get(), remaining)
+            if isinstance(item, BaseException):
+                raise item
+            if pings or item.WhichOneof("request") != "healthPing":
+                return item
+
+    async def nothing_for(self, seconds: float) -> None:
+        """Assert that no work item (pings aside) arrives for ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            item = await self.next(timeout=seconds)
+            raise AssertionError(f"unexpected work item: {item}")
+
+    async def close(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,279 @@
+"""`duratask serve` as a process and a gate: credentials, task hubs, bad bytes, oversized messages,
+unsupported RPCs, and a clean stop on SIGTERM that hands unfinished work back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from durabletask import client as dt_client
+from durabletask import task
+from durabletask import worker as dt_worker
+from durabletask.client import OrchestrationStatus
+
+from duratask.errors import ConnectionStringError
+from duratask.protocol import pb, pb_grpc
+from duratask.server.app import start_server, storage_for_hub
+from tests.compat.serverlib import RawWorker, ServerProcess, ServerThread, quiet_logger
+
+
+def hello(ctx: task.ActivityContext, name: str) -> str:
+    return f"Hello {name}!"
+
+
+def greet(ctx: task.OrchestrationContext, name: str) -> Any:
+    return (yield ctx.call_activity(hello, input=name))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    running = ServerThread(storage=f"sqlite:///{tmp_path / 'serve.db'}", max_message_bytes=64 * 1024)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def stub(server: ServerThread) -> AsyncIterator[Any]:
+    channel = grpc.aio.insecure_channel(server.address)
+    yield pb_grpc.TaskHubSidecarServiceStub(channel)
+    await channel.close()
+
+
+async def refused(call: Any, code: grpc.StatusCode, *words: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == code, error.value.details()
+    details = error.value.details() or ""
+    for word in words:
+        assert word in details, details
+    return details
+
+
+async def still_serving(stub: Any) -> None:
+    response = await stub.GetInstance(pb.GetInstanceRequest(instanceId="anyone"))
+    assert response.exists is False
+
+
+# --- credentials and task hubs -----------------------------------------------------------------
+
+
+def test_auth_token_is_required(tmp_path: Path) -> None:
+    server = ServerThread(storage=f"sqlite:///{tmp_path / 'auth.db'}", auth_token="s3cret")
+    anonymous = dt_client.TaskHubGrpcClient(host_address=server.address, logger=quiet_logger("c"))
+    wrong = dt_client.TaskHubGrpcClient(
+        host_address=server.address, metadata=[("authorization", "Bearer nope")], logger=quiet_logger("c")
+    )
+    bearer = [("authorization", "Bearer s3cret")]
+    client = dt_client.TaskHubGrpcClient(
+        host_address=server.address, metadata=bearer, logger=quiet_logger("c")
+    )
+    worker = dt_worker.TaskHubGrpcWorker(
+        host_address=server.address, metadata=bearer, logger=quiet_logger("w")
+    )
+    worker.add_orchestrator(greet)
+    worker.add_activity(hello)
+    worker.start()
+    try:
+        for unauthorised in (anonymous, wrong):
+            with pytest.raises(grpc.RpcError) as error:
+                unauthorised.get_orchestration_state("x")
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "Bearer" in (error.value.details() or "")
+        instance_id = client.schedule_new_orchestration(greet, input="token")
+        state = client.wait_for_orchestration_completion(instance_id, timeout=30)
+        assert state.runtime_status == OrchestrationStatus.COMPLETED
+        assert state.get_output() == "Hello token!"
+    finally:
+        worker.stop()
+        for c in (anonymous, wrong, client):
+            c.close()
+        server.stop()
+
+
+async def test_unauthenticated_work_item_streams_are_refused(tmp_path: Path) -> None:
+    server = ServerThread(storage=f"sqlite:///{tmp_path / 'auth.db'}", auth_token="s3cret")
+    try:
+        async with RawWorker(server.address) as worker:
+            await worker.connect()
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await worker.next(timeout=5)
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with RawWorker(server.address, metadata=(("authorization", "Bearer s3cret"),)) as worker:
+            await worker.connect()
+            await worker.nothing_for(0.2)
+    finally:
+        server.stop()
+
+
+async def test_task_hub_comes_from_metadata(server: ServerThread, stub: Any) -> None:
+    await stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="in-default"))
+    explicit = await stub.GetInstance(
+        pb.GetInstanceRequest(instanceId="in-default"), metadata=(("taskhub", "default"),)
+    )
+    assert explicit.exists  # no metadata and `taskhub: default` are the same hub
+    await refused(
+        stub.GetInstance(
+            pb.GetInstanceRequest(instanceId="in-default"), metadata=(("taskhub", "elsewhere"),)
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "'elsewhere' is not served",
+        "default",
+    )
+
+
+# --- bad bytes and bad messages ----------------------------------------------------------------
+
+
+async def test_garbage_bytes_are_invalid_argument(server: ServerThread, stub: Any) -> None:
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        for method in ("StartInstance", "CompleteOrchestratorTask", "RaiseEvent"):
+            raw = channel.unary_unary(f"/TaskHubSidecarService/{method}")
+            await refused(
+                raw(b"\xff\xff\xff\xff\x0f garbage"), grpc.StatusCode.INVALID_ARGUMENT, "malformed request"
+            )
+        stream = channel.unary_stream("/TaskHubSidecarService/GetWorkItems")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            async for _ in stream(b"\x0a\xff\xff\xff\xff"):
+                pass
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()
+    await still_serving(stub)
+    assert (await stub.QueryInstances(pb.QueryInstancesRequest())).orchestrationState == []
+
+
+async def test_malformed_messages_are_invalid_argument(server: ServerThread, stub: Any) -> None:
+    await refused(
+        stub.StartInstance(pb.CreateInstanceRequest(instanceId="x")), grpc.StatusCode.INVALID_ARGUMENT, "name"
+    )
+    await refused(
+        stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="bad\x00id")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "control characters",
+    )
+    await refused(
+        stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="x" * 300)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "256",
+    )
+    await stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="ok"))
+    await refused(
+        stub.RaiseEvent(pb.RaiseEventRequest(instanceId="ok")), grpc.StatusCode.INVALID_ARGUMENT, "event name"
+    )
+    bad_page = pb.QueryInstancesRequest(query=pb.InstanceQuery(continuationToken={"value": "not-a-token"}))
+    await refused(stub.QueryInstances(bad_page), grpc.StatusCode.INVALID_ARGUMENT, "continuation token")
+    await refused(stub.PurgeInstances(pb.PurgeInstancesRequest()), grpc.StatusCode.INVALID_ARGUMENT)
+    await refused(
+        stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="ok")),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    await refused(
+        stub.TerminateInstance(pb.TerminateRequest(instanceId="ghost")), grpc.StatusCode.NOT_FOUND, "ghost"
+    )
+    await refused(
+        stub.RewindInstance(pb.RewindInstanceRequest(instanceId="ok")), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    # None of it touched what is stored.
+    listed = (await stub.QueryInstances(pb.QueryInstancesRequest())).orchestrationState
+    assert [s.instanceId for s in listed] == ["ok"]
+
+
+async def test_oversized_messages_are_resource_exhausted_with_the_limit(
+    server: ServerThread, stub: Any
+) -> None:
+    big = pb.CreateInstanceRequest(name="o", instanceId="big")
+    big.input.value = '"' + "x" * (100 * 1024) + '"'
+    details = await refused(stub.StartInstance(big), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "65536" in details  # the limit, named
+    await still_serving(stub)
+    assert not (await stub.GetInstance(pb.GetInstanceRequest(instanceId="big"))).exists
+
+
+async def test_payloads_over_the_storage_limit_are_resource_exhausted(tmp_path: Path) -> None:
+    server = ServerThread(storage=f"sqlite:///{tmp_path / 'small.db'}?max_payload_bytes=1000")
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        request = pb.CreateInstanceRequest(name="o", instanceId="p")
+        request.input.value = '"' + "y" * 2000 + '"'
+        await refused(stub.StartInstance(request), grpc.StatusCode.RESOURCE_EXHAUSTED, "1000 bytes")
+        assert not (await stub.GetInstance(pb.GetInstanceRequest(instanceId="p"))).exists
+    finally:
+        await channel.close()
+        server.stop()
+
+
+async def test_entities_and_hub_management_are_unimplemented(server: ServerThread, stub: Any) -> None:
+    calls = [
+        stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@x", name="add")),
+        stub.GetEntity(pb.GetEntityRequest(instanceId="@counter@x")),
+        stub.QueryEntities(pb.QueryEntitiesRequest()),
+        stub.CleanEntityStorage(pb.CleanEntityStorageRequest()),
+        stub.CompleteEntityTask(pb.EntityBatchResult()),
+        stub.AbandonTaskEntityWorkItem(pb.AbandonEntityTaskRequest()),
+        stub.CreateTaskHub(pb.CreateTaskHubRequest()),
+        stub.DeleteTaskHub(pb.DeleteTaskHubRequest()),
+    ]
+    for call in calls:
+        await refused(call, grpc.StatusCode.UNIMPLEMENTED, "does not support")
+    await still_serving(stub)
+
+
+# --- process lifecycle ------------------------------------------------------------------------
+
+
+def test_storage_for_hub() -> None:
+    assert storage_for_hub("sqlite:////abs/x.db", "a") == "sqlite:////abs/x.db?taskhub=a"
+    assert (
+        storage_for_hub("sqlite:///x.db?taskhub=z&durable=false", "b")
+        == "sqlite:///x.db?durable=false&taskhub=b"
+    )
+    assert storage_for_hub("memory://", "c") == "memory://?taskhub=c"
+    with pytest.raises(ConnectionStringError, match="keeps state itself"):
+        storage_for_hub("Endpoint=http://h:1;TaskHub=x;Authentication=None", "d")
+
+
+async def test_a_busy_port_is_an_error(server: ServerThread, tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="cannot listen"):
+        await start_server(storage=f"sqlite:///{tmp_path / 'second.db'}", port=server.port)
+
+
+async def test_sigterm_stops_cleanly_and_hands_work_back(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'sigterm.db'}"
+    first = ServerProcess(storage)
+    try:
+        channel = grpc.aio.insecure_channel(first.address)
+        stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        await stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="held"))
+        async with RawWorker(first.address) as worker:
+            await worker.connect()
+            item = await worker.next()
+            assert item.orchestratorRequest.instanceId == "held"
+            started = time.monotonic()
+            code, output = first.terminate()
+            assert code == 0, output
+            assert time.monotonic() - started < 15
+            with pytest.raises((EOFError, grpc.aio.AioRpcError)):
+                await worker.next(timeout=5)  # the stream ended with the server
+        await channel.close()
+    finally:
+        if first.process.poll() is None:
+            first.kill()
+
+    second = ServerProcess(storage)
+    try:
+        async with RawWorker(second.address) as worker:
+            await worker.connect()
+            began = time.monotonic()
+            again = await worker.next(timeout=10)
+            # Handed back at shutdown: here at once, not after the 30 s lease ran out.
+            assert time.monotonic() - began < 5
+            assert again.orchestratorRequest.instanceId == "held"
+            assert again.completionToken != item.completionToken
+    finally:
+        second.terminate()
