@@ -168,10 +168,17 @@ async def _serve_until_signalled(settings: ServerSettings, dashboard_port: int |
             loop.add_signal_handler(sig, stop.set)
     running = await start_server(settings)
     dashboard = await _start_dashboard(settings, dashboard_port)
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await stop.wait()
+        # A dashboard that cannot start (its port is taken) ends the server too, loudly.
+        await asyncio.wait(
+            {stopped, *([dashboard] if dashboard else [])}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if dashboard is not None and dashboard.done():
+            dashboard.result()  # raises what stopped it
         log.info("duratask serve: stopping")
     finally:
+        stopped.cancel()
         if dashboard is not None:
             dashboard.cancel()
             await asyncio.gather(dashboard, return_exceptions=True)

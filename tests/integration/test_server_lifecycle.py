@@ -3,7 +3,11 @@ unsupported RPCs, and a clean stop on SIGTERM that hands unfinished work back.""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from durabletask.client import OrchestrationStatus
 from duratask.errors import ConnectionStringError
 from duratask.protocol import pb, pb_grpc
 from duratask.server.app import start_server, storage_for_hub
-from tests.compat.serverlib import RawWorker, ServerProcess, ServerThread, quiet_logger
+from tests.compat.serverlib import RawWorker, ServerProcess, ServerThread, free_port, quiet_logger
 
 
 def hello(ctx: task.ActivityContext, name: str) -> str:
@@ -277,3 +281,39 @@ async def test_sigterm_stops_cleanly_and_hands_work_back(tmp_path: Path) -> None
             assert again.completionToken != item.completionToken
     finally:
         second.terminate()
+
+
+def test_serve_runs_the_dashboard_too(tmp_path: Path) -> None:
+    dashboard_port = free_port()
+    served = ServerProcess(f"sqlite:///{tmp_path / 'dash.db'}", dashboard_port=dashboard_port)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=5) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        code, output = served.terminate()
+    assert code == 0, output
+
+
+def test_a_busy_dashboard_port_stops_serve(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        storage = f"sqlite:///{tmp_path / 'busy.db'}"
+        code = (
+            "from duratask.server.app import serve;"
+            f"serve(storage={storage!r}, port={free_port()}, dashboard_port={busy})"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+    assert run.returncode != 0
+    assert "address already in use" in (run.stderr + run.stdout).lower()
