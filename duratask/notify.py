@@ -30,6 +30,12 @@ class Notifier:
                 continue
             loop.call_soon_threadsafe(_resolve, fut)
 
+    def notify_all(self) -> None:
+        """Wake every waiter of every topic (something changed, we cannot tell what)."""
+        with self._lock:
+            topics = list(self._waiters)
+        self.notify(*topics)
+
     def register(self, *topics: str) -> asyncio.Future[None]:
         """Start listening before checking state, so no notification slips between the two."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -92,6 +92,9 @@ class Worker:
             None
         )
         self._slot_free: asyncio.Event | None = None
+        self._commit_done: asyncio.Event | None = None
+        self._orchestrations_committing = 0
+        self._commits: set[asyncio.Task[None]] = set()
         self._threads: ThreadPoolExecutor | None = None
         self._stopping = False
 
@@ -142,6 +145,7 @@ class Worker:
         self._stopping = False
         self._completions = asyncio.Queue()
         self._slot_free = asyncio.Event()
+        self._commit_done = asyncio.Event()
         self._threads = ThreadPoolExecutor(
             self.max_concurrent_activities, thread_name_prefix="duratask-activity"
         )
@@ -161,6 +165,7 @@ class Worker:
         for task in lease_loops:
             task.cancel()
         await asyncio.gather(*lease_loops, return_exceptions=True)
+        await asyncio.gather(*self._commits, return_exceptions=True)
         if self._running_activities:
             await asyncio.wait(list(self._running_activities), timeout=self.shutdown_timeout)
         backend = self._backend
@@ -205,22 +210,44 @@ class Worker:
     # --- orchestrations -----------------------------------------------------------------------
 
     async def _orchestration_loop(self) -> None:
+        """Lease, run, and hand the batch to a commit task: the next batch runs while it commits."""
         backend = self._backend
-        assert backend is not None
+        assert backend is not None and self._commit_done is not None
         while not self._stopping:
             try:
-                items = await backend.lease_orchestrations(self.max_concurrent_orchestrations)
+                free = self.max_concurrent_orchestrations - self._orchestrations_committing
+                if free <= 0:
+                    self._commit_done.clear()
+                    await self._commit_done.wait()
+                    continue
+                items = await backend.lease_orchestrations(free)
                 if not items:
                     await backend.wait_for_work("orchestration", 5.0)
                     continue
                 done = [(item, await self._run_episode(backend, item)) for item in items]
-                applied = await backend.complete_orchestrations(done)
-                self._after_commit(done, applied)
+                self._orchestrations_committing += len(done)
+                commit = asyncio.get_running_loop().create_task(self._commit_episodes(backend, done))
+                self._commits.add(commit)
+                commit.add_done_callback(self._commits.discard)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("orchestration loop error; retrying")
                 await asyncio.sleep(0.5)
+
+    async def _commit_episodes(
+        self, backend: Backend, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+    ) -> None:
+        try:
+            applied = await backend.complete_orchestrations(done)
+        except Exception:
+            log.exception("committing %d orchestration episodes failed; they will be re-delivered", len(done))
+            applied = [False] * len(done)
+        finally:
+            self._orchestrations_committing -= len(done)
+            assert self._commit_done is not None
+            self._commit_done.set()
+        self._after_commit(done, applied)
 
     async def _run_episode(self, backend: Backend, item: OrchestrationWorkItem) -> OrchestrationResult:
         fn = self._orchestrators.get(item.name)

@@ -117,12 +117,18 @@ class LocalBackend:
         self._orchestration_leases: dict[str, OrchestrationLease] = {}
         self._activity_leases: dict[str, int] = {}
         self._renewer: asyncio.Task[None] | None = None
+        # A wake-up armed when a lease starts looking, so work that arrives while it looks is not
+        # missed by the ``wait_for_work`` that follows an empty lease.
+        self._armed: dict[WorkKind, asyncio.Future[None]] = {}
 
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        for armed in self._armed.values():
+            self.storage.notifier.unregister(armed)
+        self._armed.clear()
         await self.storage.close()
 
     # --- payload limits -----------------------------------------------------------------------
@@ -322,13 +328,21 @@ class LocalBackend:
 
     # --- orchestration work items -------------------------------------------------------------
 
+    def _arm(self, kind: WorkKind) -> None:
+        armed = self._armed.get(kind)
+        if armed is None or armed.done():
+            self._armed[kind] = self.storage.notifier.register(_TOPICS[kind])
+
     async def lease_orchestrations(self, limit: int) -> list[OrchestrationWorkItem]:
+        self._arm("orchestration")
         leases = await self.storage.lease_orchestrations(limit, self.options.lease_seconds)
         items: list[OrchestrationWorkItem] = []
         settle: list[OrchestrationCommit] = []
         now = utcnow()
         for lease in leases:
-            commit = await self._plan_rewind_if_requested(lease, now) or self._settle_without_worker(lease, now)
+            commit = await self._plan_rewind_if_requested(lease, now) or self._settle_without_worker(
+                lease, now
+            )
             if commit is not None:
                 settle.append(commit)
                 continue
@@ -409,6 +423,7 @@ class LocalBackend:
     # --- activity work items -----------------------------------------------------------------
 
     async def lease_activities(self, limit: int) -> list[ActivityWorkItem]:
+        self._arm("activity")
         leases = await self.storage.lease_activities(limit, self.options.lease_seconds)
         for lease in leases:
             self._activity_leases[lease.token] = lease.activity_id
@@ -511,8 +526,12 @@ class LocalBackend:
     # --- wake-ups ----------------------------------------------------------------------------
 
     async def wait_for_work(self, kind: WorkKind, timeout: float) -> None:
-        topic = ORCHESTRATIONS if kind == "orchestration" else ACTIVITIES
-        woke = self.storage.notifier.register(topic)
+        woke = self._armed.pop(kind, None)
+        if woke is None:
+            woke = self.storage.notifier.register(_TOPICS[kind])
+        elif woke.done():  # notified since the last lease began: look again at once
+            self.storage.notifier.unregister(woke)
+            return
         if kind == "orchestration":
             due = await self.storage.next_visible_at()
             if due is not None:
@@ -520,6 +539,9 @@ class LocalBackend:
         if self.storage.shared_across_processes:
             timeout = min(timeout, self.options.max_poll_seconds)
         await self.storage.notifier.wait(woke, timeout)
+
+
+_TOPICS: dict[WorkKind, str] = {"orchestration": ORCHESTRATIONS, "activity": ACTIVITIES}
 
 
 def _reached(status: Status, until: WaitUntil) -> bool:

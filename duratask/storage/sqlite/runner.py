@@ -50,13 +50,19 @@ class Tx:
 
 
 class _Job(Generic[T]):
-    __slots__ = ("fn", "future", "loop", "write")
+    __slots__ = ("fn", "future", "loop", "sync", "write")
 
     def __init__(
-        self, fn: Callable[[Tx], T], write: bool, loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]
+        self,
+        fn: Callable[[Tx], T],
+        write: bool,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[T],
+        sync: bool = True,
     ) -> None:
         self.fn = fn
         self.write = write
+        self.sync = sync
         self.loop = loop
         self.future = future
 
@@ -83,9 +89,23 @@ class SqliteRunner:
     """Owns one connection on one thread. ``start`` connects; ``call`` runs work; ``stop`` closes."""
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], taskhub: str, notifier: Notifier, name: str
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        taskhub: str,
+        notifier: Notifier,
+        name: str,
+        *,
+        durable: bool = True,
+        watch_interval: float | None = None,
     ) -> None:
         self._connect = connect
+        self._durable = durable
+        #: Current ``PRAGMA synchronous`` of the connection: FULL for durable commits, else NORMAL.
+        self._synced = durable
+        #: How often to look for commits by other processes (``PRAGMA data_version``); None: never.
+        self._watch_interval = watch_interval
+        self._data_version: int | None = None
+        self._last_watch = 0.0
         self._taskhub = taskhub
         self._notifier = notifier
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -103,8 +123,13 @@ class SqliteRunner:
         """Return once connected and migrated; raise what connecting raised."""
         await asyncio.shield(asyncio.wrap_future(self._ready))
 
-    async def call(self, fn: Callable[[Tx], T], *, write: bool) -> T:
-        """Run ``fn`` on the connection thread; writes run inside a transaction."""
+    async def call(self, fn: Callable[[Tx], T], *, write: bool, sync: bool = True) -> T:
+        """Run ``fn`` on the connection thread; writes run inside a transaction.
+
+        ``sync=False`` marks a write that need not reach the disk before it returns (leases,
+        activity results): it becomes durable with the next synced commit, which the write-ahead
+        log orders after it, and losing it to a power cut only means the work is done again.
+        """
         if os.getpid() != self._pid:
             # A forked child inherits this object but not its thread: fail instead of waiting forever.
             raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
@@ -113,7 +138,7 @@ class SqliteRunner:
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the SQLite storage is closed")
-            self._queue.put(_Job(fn, write, loop, future))
+            self._queue.put(_Job(fn, write, loop, future, sync))
         return await future
 
     async def stop(self) -> None:
@@ -146,12 +171,22 @@ class SqliteRunner:
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
-            batch = [self._queue.get()]
+            try:
+                first = self._queue.get(timeout=self._watch_interval)
+            except queue.Empty:
+                self._watch_other_processes(conn)
+                continue
+            batch = [first]
             while len(batch) < MAX_COALESCED_WRITES:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if (
+                self._watch_interval is not None
+                and time.monotonic() - self._last_watch > self._watch_interval
+            ):
+                self._watch_other_processes(conn)
             try:
                 if not self._run_batch(conn, batch):
                     return
@@ -190,12 +225,31 @@ class SqliteRunner:
         else:
             job.settle(result, None)
 
+    def _watch_other_processes(self, conn: sqlite3.Connection) -> None:
+        """Wake every waiter when another process committed: its change may be what they wait for."""
+        self._last_watch = time.monotonic()
+        try:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            logger.debug("PRAGMA data_version failed", exc_info=True)
+            return
+        if self._data_version is not None and version != self._data_version:
+            self._notifier.notify_all()
+        self._data_version = version
+
+    def _set_synced(self, conn: sqlite3.Connection, synced: bool) -> None:
+        synced = synced and self._durable
+        if synced != self._synced:  # only outside a transaction, which is where this runs
+            conn.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
+            self._synced = synced
+
     def _run_writes(self, conn: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
         jobs = [job for job in jobs if not job.future.cancelled()]
         if not jobs:
             return
         outcomes: list[tuple[_Job[Any], Any, BaseException | None, set[str]]] = []
         try:
+            self._set_synced(conn, any(job.sync for job in jobs))
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 outcomes.append(self._run_in_savepoint(conn, job))

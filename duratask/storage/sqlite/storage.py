@@ -34,6 +34,8 @@ MEMORY = ":memory:"
 #: How long a writer waits for another process's write transaction before giving up.
 BUSY_TIMEOUT_MS = 30_000
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: How often a file database checks for commits by other processes to wake this process's waiters.
+WATCH_INTERVAL = 0.01
 
 
 class SqliteStorage:
@@ -45,6 +47,8 @@ class SqliteStorage:
     ``durable=True`` syncs the write-ahead log on every commit (``synchronous=FULL``): a commit that
     returned survives power loss. ``durable=False`` (``synchronous=NORMAL``) skips that sync: still
     safe against a crashed process, but the last commits before an OS crash or power cut may be lost.
+    Leases and activity results are never synced on their own (losing them to a power cut only
+    repeats work); the next synced commit, which the log orders after them, makes them durable.
     """
 
     def __init__(self, path: str, taskhub: str = "default", *, durable: bool = True) -> None:
@@ -71,7 +75,12 @@ class SqliteStorage:
                 raise RuntimeError(f"{self!r} is closed")
             if self._runner is None:
                 self._runner = SqliteRunner(
-                    self._connect, self.taskhub, self.notifier, name=f"duratask-sqlite-{self.taskhub}"
+                    self._connect,
+                    self.taskhub,
+                    self.notifier,
+                    name=f"duratask-sqlite-{self.taskhub}",
+                    durable=self.durable,
+                    watch_interval=WATCH_INTERVAL if self.shared_across_processes else None,
                 )
                 self._runner.start()
             runner = self._runner
@@ -123,6 +132,10 @@ class SqliteStorage:
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         return await self._runner_or_fail().call(fn, write=True)
 
+    async def _write_unsynced(self, fn: Callable[[Tx], T]) -> T:
+        """A write whose loss in a power cut only repeats work: no disk sync of its own."""
+        return await self._runner_or_fail().call(fn, write=True, sync=False)
+
     def _runner_or_fail(self) -> SqliteRunner:
         runner = self._runner
         if runner is None:
@@ -166,7 +179,7 @@ class SqliteStorage:
     # --- orchestration work items -------------------------------------------------------------
 
     async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
-        return await self._write(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
+        return await self._write_unsynced(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:
@@ -174,23 +187,25 @@ class SqliteStorage:
         return await self._write(lambda tx: ops.commit_orchestrations(tx, commits))
 
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
-        await self._write(lambda tx: ops.abandon_orchestration(tx, instance_id, token))
+        await self._write_unsynced(lambda tx: ops.abandon_orchestration(tx, instance_id, token))
 
     # --- activity work items ------------------------------------------------------------------
 
     async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]:
-        return await self._write(lambda tx: ops.lease_activities(tx, limit, lease_seconds))
+        return await self._write_unsynced(lambda tx: ops.lease_activities(tx, limit, lease_seconds))
 
     async def complete_activities(self, completions: list[ActivityCompletion]) -> list[bool]:
         if not completions:
             return []
-        return await self._write(lambda tx: ops.complete_activities(tx, completions))
+        return await self._write_unsynced(lambda tx: ops.complete_activities(tx, completions))
 
     async def abandon_activity(self, activity_id: int, token: str) -> None:
-        await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token))
+        await self._write_unsynced(lambda tx: ops.abandon_activity(tx, activity_id, token))
 
     async def renew_activity_lease(self, activity_id: int, token: str, lease_seconds: float) -> bool:
-        return await self._write(lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds))
+        return await self._write_unsynced(
+            lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds)
+        )
 
 
 def _now_micros() -> int:
