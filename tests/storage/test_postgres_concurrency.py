@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import msgspec
 
 from duratask.models import OrchestrationRuntimeStatus as Status
-from duratask.storage.base import InstanceFilter, OrchestrationCommit
+from duratask.storage.base import InstanceFilter, OrchestrationCommit, OrchestrationLease
 from duratask.storage.postgres import PostgresStorage, open_postgres_storage
 from tests.pgserver import unique_name
 
@@ -84,6 +85,33 @@ async def test_concurrent_leasing_processes_never_share_an_instance(pg_url: str)
         await storage.close()
 
 
+async def test_many_leasers_in_one_process_never_share_an_instance(pg_url: str) -> None:
+    """Heavier contention than across processes: 32 leasers taking one instance at a time."""
+    hub = unique_name("hub")
+    storages = [PostgresStorage(pg_url, hub, max_connections=4) for _ in range(8)]
+    for storage in storages:
+        await storage.open()
+    try:
+        ids = [f"i{n:04}" for n in range(400)]
+        for instance_id in ids:
+            await create(storages[0], instance_id)
+
+        async def lease_one_at_a_time(storage: PostgresStorage, out: list[str]) -> None:
+            while leases := await storage.lease_orchestrations(1, LONG):
+                (lease,) = leases
+                done = msgspec.structs.replace(lease.instance, status=Status.COMPLETED)
+                commit = OrchestrationCommit(token=lease.token, instance=done, history_append=lease.new_events)
+                assert await storage.commit_orchestrations([commit]) == [True]
+                out.append(lease.instance.instance_id)
+
+        outs: list[list[str]] = [[] for _ in range(32)]
+        await asyncio.gather(*(lease_one_at_a_time(storages[n % 8], out) for n, out in enumerate(outs)))
+        assert sorted(i for out in outs for i in out) == ids
+    finally:
+        for storage in storages:
+            await storage.close()
+
+
 async def test_concurrent_activity_leasers_never_share_an_activity(pg_url: str) -> None:
     hub = unique_name("hub")
     storages = [PostgresStorage(pg_url, hub, max_connections=4) for _ in range(4)]
@@ -115,3 +143,49 @@ async def test_concurrent_activity_leasers_never_share_an_activity(pg_url: str) 
     finally:
         for storage in storages:
             await storage.close()
+
+
+class _Retries(logging.Handler):
+    """Collects the storage's "retrying" warnings (a deadlock shows up as one)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_instances_messaging_each_other_commit_concurrently_without_deadlocks(pg_url: str) -> None:
+    """Each commit locks its own instance and sends to the other's: no lock order can deadlock them."""
+    retries = _Retries()
+    logging.getLogger("duratask.storage.postgres").addHandler(retries)
+    hub = unique_name("hub")
+    one, two = PostgresStorage(pg_url, hub), PostgresStorage(pg_url, hub)
+    await one.open()
+    await two.open()
+    try:
+        await create(one, "ping")
+        await create(one, "pong")
+        for _ in range(10):
+            leases = {lease.instance.instance_id: lease for lease in await one.lease_orchestrations(2, LONG)}
+            assert set(leases) == {"ping", "pong"}
+            results = await asyncio.gather(
+                one.commit_orchestrations([_sending(leases["ping"], "pong")]),
+                two.commit_orchestrations([_sending(leases["pong"], "ping")]),
+            )
+            assert results == [[True], [True]]
+    finally:
+        await one.close()
+        await two.close()
+        logging.getLogger("duratask.storage.postgres").removeHandler(retries)
+    assert not [m for m in retries.messages if "deadlock" in m]
+
+
+def _sending(lease: OrchestrationLease, to: str) -> OrchestrationCommit:
+    return OrchestrationCommit(
+        token=lease.token,
+        instance=msgspec.structs.replace(lease.instance, status=Status.RUNNING),
+        history_append=lease.new_events,
+        messages=[message(to, raised("ball"))],
+    )

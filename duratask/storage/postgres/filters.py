@@ -109,6 +109,6 @@ def select_purgeable_ids(taskhub: str, filter: InstanceFilter, batch: int) -> tu
     params.update(taskhub=taskhub, batch=batch, statuses=status_values(filter.statuses, terminal_only=True))
     sql = (
         f"SELECT i.instance_id FROM duratask_instances AS i WHERE {' AND '.join(clauses)} "
-        "LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
+        "LIMIT %(batch)s FOR UPDATE"
     )
     return sql, params

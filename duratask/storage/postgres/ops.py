@@ -180,13 +180,12 @@ async def delete_matching_batch(tx: Tx, filter: InstanceFilter, batch: int) -> i
 async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
     if limit <= 0:
         return []
-    params = {
-        "taskhub": tx.taskhub,
-        "limit": limit,
-        "scan_limit": limit * _SCAN_FACTOR,
-        "lease_seconds": float(lease_seconds),
-    }
-    rows = await _all(tx.conn, Q.lease_orchestrations, params)
+    scan = {"taskhub": tx.taskhub, "limit": limit, "scan_limit": limit * _SCAN_FACTOR}
+    candidates = [instance_id for (instance_id,) in await _all(tx.conn, Q.lock_lease_candidates, scan)]
+    if not candidates:
+        return []
+    take = {"taskhub": tx.taskhub, "instance_ids": candidates, "lease_seconds": float(lease_seconds)}
+    rows = await _all(tx.conn, Q.take_orchestration_leases, take)
     if not rows:
         return []
     width = len(INSTANCE_COLUMNS)
@@ -201,10 +200,7 @@ async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list
         messages[instance_id].append((message_id, event))
     for inbox in messages.values():
         inbox.sort()
-    # Oldest waiting message first, as the scan chose them.
-    order = sorted(
-        leased, key=lambda instance_id: messages[instance_id][0][0] if messages[instance_id] else 0
-    )
+    order = [instance_id for instance_id in candidates if instance_id in leased]  # oldest message first
     return [
         OrchestrationLease(
             instance=instance_from_row(leased[instance_id]),

@@ -127,12 +127,12 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 
 -- --- orchestration leases ----------------------------------------------------------------------
 
--- Instances with a visible message and no live lease, oldest visible message first. The scan walks
--- the visible messages in index order and stops after %(scan_limit)s lockable rows; SKIP LOCKED
--- passes over instances another leaser is taking right now, and a row changed since the scan
--- started is re-checked (lease_expires) after it is locked, so no instance is leased twice.
--- An instance with several messages appears several times: the UPDATE takes each once.
--- name: lease_orchestrations
+-- Step 1 of leasing: lock instances with a visible message and no live lease, oldest message
+-- first. The scan walks the visible messages in index order and stops after %(scan_limit)s
+-- lockable rows (an instance with several messages shows up once per message); SKIP LOCKED passes
+-- over instances another leaser is taking right now. NO KEY UPDATE does not conflict with the
+-- KEY SHARE of a writer adding a message meanwhile.
+-- name: lock_lease_candidates
 WITH scanned AS (
     SELECT i.instance_id, m.visible_at
     FROM duratask_inbox AS m
@@ -140,18 +140,26 @@ WITH scanned AS (
     WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
     ORDER BY m.visible_at
     LIMIT %(scan_limit)s
-    FOR UPDATE OF i SKIP LOCKED
-), picked AS (
-    SELECT instance_id FROM scanned
-    GROUP BY instance_id
-    ORDER BY min(visible_at)
-    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF i SKIP LOCKED
 )
+SELECT instance_id FROM scanned
+GROUP BY instance_id
+ORDER BY min(visible_at)
+LIMIT %(limit)s;
+
+-- Step 2: lease the locked candidates that still qualify. A separate statement on purpose: it
+-- reads a snapshot taken after the locks were granted. Step 1's snapshot may predate another
+-- leaser's whole lease and commit; PostgreSQL re-checks the locked row itself (lease_expires)
+-- but not the message it was joined with, which that commit may have consumed.
+-- name: take_orchestration_leases
 UPDATE duratask_instances AS i
 SET lease_token = gen_random_uuid()::text,
     lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-FROM picked
-WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
+WHERE i.taskhub = %(taskhub)s AND i.instance_id = ANY(%(instance_ids)s::text[]) AND i.lease_expires <= now()
+  AND EXISTS (
+      SELECT 1 FROM duratask_inbox AS m
+      WHERE m.taskhub = i.taskhub AND m.instance_id = i.instance_id AND m.visible_at <= now()
+  )
 RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires;
 
 -- Marks every visible message, including those of an expired lease, with the new token; later
@@ -163,11 +171,14 @@ WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id AND m.visible_at
 RETURNING m.instance_id, m.id, m.event;
 
 -- The fence of a batch of commits: the rows whose lease is live, locked until the batch commits.
+-- NO KEY UPDATE (what the UPDATE of the row takes anyway) leaves the rows open to the KEY SHARE
+-- of writers that only check the instance exists: two instances committing messages to each
+-- other at once cannot deadlock.
 -- name: lock_live_leases
 SELECT instance_id, lease_token, history_length FROM duratask_instances
 WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]) AND lease_expires > now()
 ORDER BY instance_id
-FOR UPDATE;
+FOR NO KEY UPDATE;
 
 -- name: consume_messages
 DELETE FROM duratask_inbox
