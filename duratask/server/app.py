@@ -57,13 +57,15 @@ class RunningServer:
         return f"Endpoint=http://{self.address};TaskHub={next(iter(self.hubs))};Authentication=None"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Hand back unfinished work, end every stream and RPC (after ``grace`` seconds), close storage."""
+        """End every work-item stream, take the results of items in flight for up to ``grace``
+        seconds and hand the rest back, end the remaining RPCs, close the storage."""
         if self._stopped:
             return
         self._stopped = True
-        for hub in self.hubs.values():
-            await hub.dispatcher.stop()
-        await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        # Streams end first (workers stop getting work) while completions are still taken.
+        await asyncio.gather(*(hub.dispatcher.stop(drain_seconds=grace) for hub in self.hubs.values()))
+        await self._server.stop(grace)
         for hub in self.hubs.values():
             await hub.backend.close()
 
@@ -147,6 +149,7 @@ def serve(
     taskhubs: Sequence[str] = (DEFAULT_TASKHUB,),
     auth_token: str | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    shutdown_grace_seconds: float = ServerSettings.shutdown_grace_seconds,
 ) -> None:
     """Run the server until SIGTERM or SIGINT (blocking); the CLI's ``duratask serve``."""
     settings = ServerSettings(
@@ -156,6 +159,7 @@ def serve(
         taskhubs=tuple(taskhubs) or (DEFAULT_TASKHUB,),
         auth_token=auth_token or None,
         max_message_bytes=max_message_bytes,
+        shutdown_grace_seconds=shutdown_grace_seconds,
     )
     asyncio.run(_serve_until_signalled(settings, dashboard_port))
 

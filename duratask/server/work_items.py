@@ -210,6 +210,8 @@ class Dispatcher:
         """The stream ended: its in-flight items go back to the queue for another worker."""
         stream.closed = True
         self.streams.pop(stream.id, None)
+        if self._stopping:  # stop() settles what is in flight, after its drain
+            return
         mine = [token for token, f in self.in_flight.items() if f.stream is stream]
         for token in mine:
             await self._hand_back(token)
@@ -226,21 +228,26 @@ class Dispatcher:
                 loop.create_task(self._pump(ACTIVITY), name="duratask-server-activities"),
             ]
 
-    async def stop(self) -> None:
-        """Stop leasing, close every stream, hand every unfinished item back."""
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop leasing and close every stream; results of items in flight are still taken for up
+        to ``drain_seconds`` (a worker finishing an activity need not redo it elsewhere), then
+        every unfinished item goes back to the queue."""
         self._stopping = True
         for task in self._pumps:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._pumps = []
-        for stream in list(self.streams.values()):
-            stream.closed = True
-            stream.outbox.put_nowait(None)
-        for token in list(self.in_flight):
-            await self._hand_back(token)
         for parked in self._parked:
             await self._abandon(parked.kind, parked.item)
         self._parked.clear()
+        for stream in list(self.streams.values()):
+            stream.closed = True
+            stream.outbox.put_nowait(None)
+        deadline = time.monotonic() + drain_seconds
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for token in list(self.in_flight):
+            await self._hand_back(token)
 
     # --- leasing and routing ----------------------------------------------------------------
 

@@ -3,6 +3,7 @@ unsupported RPCs, and a clean stop on SIGTERM that hands unfinished work back.""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -249,21 +250,32 @@ async def test_a_busy_port_is_an_error(server: ServerThread, tmp_path: Path) -> 
 
 async def test_sigterm_stops_cleanly_and_hands_work_back(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'sigterm.db'}"
-    first = ServerProcess(storage)
+    first = ServerProcess(storage, shutdown_grace_seconds=1.0)
     try:
         channel = grpc.aio.insecure_channel(first.address)
         stub = pb_grpc.TaskHubSidecarServiceStub(channel)
-        await stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId="held"))
+        for instance_id in ("held", "finished"):
+            await stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId=instance_id))
         async with RawWorker(first.address) as worker:
             await worker.connect()
-            item = await worker.next()
-            assert item.orchestratorRequest.instanceId == "held"
+            items = {}
+            for _ in range(2):
+                item = await worker.next()
+                items[item.orchestratorRequest.instanceId] = item
             started = time.monotonic()
+            first.process.send_signal(signal.SIGTERM)
+            # A result that comes in while the server drains is still taken.
+            done = items["finished"]
+            finish = pb.OrchestratorResponse(instanceId="finished", completionToken=done.completionToken)
+            finish.actions.add(
+                id=0
+            ).completeOrchestration.orchestrationStatus = pb.ORCHESTRATION_STATUS_COMPLETED
+            await stub.CompleteOrchestratorTask(finish)
+            with pytest.raises((EOFError, grpc.aio.AioRpcError)):
+                await worker.next(timeout=5)  # the stream ended with the server
             code, output = first.terminate()
             assert code == 0, output
             assert time.monotonic() - started < 15
-            with pytest.raises((EOFError, grpc.aio.AioRpcError)):
-                await worker.next(timeout=5)  # the stream ended with the server
         await channel.close()
     finally:
         if first.process.poll() is None:
@@ -278,7 +290,12 @@ async def test_sigterm_stops_cleanly_and_hands_work_back(tmp_path: Path) -> None
             # Handed back at shutdown: here at once, not after the 30 s lease ran out.
             assert time.monotonic() - began < 5
             assert again.orchestratorRequest.instanceId == "held"
-            assert again.completionToken != item.completionToken
+            assert again.completionToken != items["held"].completionToken
+            channel = grpc.aio.insecure_channel(second.address)
+            stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+            finished = await stub.GetInstance(pb.GetInstanceRequest(instanceId="finished"))
+            assert finished.orchestrationState.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED
+            await channel.close()
     finally:
         second.terminate()
 
