@@ -423,6 +423,10 @@ class Dispatcher:
                     f"completion token {token!r} belongs to instance {item.instance_id!r}, "
                     f"not {response.instanceId!r}"
                 )
+            if response.isPartial:
+                raise invalid(
+                    "chunked orchestrator responses (isPartial) are not supported: send one response"
+                )
             result = convert.orchestration_result_from_pb(response)
             validate_orchestrator_actions(result.actions, flight.scheduled)
         self._forget(token)

@@ -264,6 +264,11 @@ async def test_responses_that_contradict_history_are_refused(server: ServerThrea
             await expect_status(
                 stub.CompleteOrchestratorTask(response), grpc.StatusCode.INVALID_ARGUMENT, words
             )
+        partial = respond(item, complete(1))
+        partial.isPartial = True
+        await expect_status(
+            stub.CompleteOrchestratorTask(partial), grpc.StatusCode.INVALID_ARGUMENT, "isPartial"
+        )
         untyped = respond(item)
         untyped.actions.add(id=1)  # an action with no kind at all
         await expect_status(stub.CompleteOrchestratorTask(untyped), grpc.StatusCode.INVALID_ARGUMENT, "no")
