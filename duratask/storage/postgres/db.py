@@ -16,6 +16,7 @@ whether it happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .sql import Q
 
@@ -41,7 +42,7 @@ _TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "5330
 
 #: How long one attempt waits for a pooled connection, and how long the pool keeps reconnecting in
 #: the background before it leaves that to the next request (see ``Database``).
-_CONNECTION_WAIT_SECONDS = 2.0
+_CONNECTION_WAIT_SECONDS = 5.0
 _RECONNECT_SECONDS = 1.0
 
 #: NOTIFY payloads are limited to 8000 bytes; stay well below.
@@ -86,6 +87,15 @@ def notification_payloads(origin: str, topics: set[str] | list[str]) -> list[str
     if chunk:
         payloads.append(_encoder.encode(Notification(origin, chunk)).decode())
     return payloads
+
+
+_PIPELINES = psycopg.AsyncPipeline.is_supported()
+
+
+def _pipeline(conn: Connection) -> contextlib.AbstractAsyncContextManager[object]:
+    """Pipeline mode (libpq 14+): a write's statements travel together and the client waits only
+    where it reads a result, so a group commit costs three round trips rather than ten."""
+    return conn.pipeline() if _PIPELINES else contextlib.nullcontext()
 
 
 class Tx:
@@ -144,7 +154,7 @@ class Database:
             # Short waits and short background reconnection: after an outage the pool's own backoff
             # would grow to many seconds, while each retry of ours asks for a connection afresh,
             # and a fresh request makes the pool try to connect at once.
-            timeout=_CONNECTION_WAIT_SECONDS,
+            timeout=min(_CONNECTION_WAIT_SECONDS, max(retry_seconds, 0.5)),
             reconnect_timeout=_RECONNECT_SECONDS,
             name=f"duratask-{taskhub}",
             open=False,
@@ -169,7 +179,7 @@ class Database:
             return await fn(conn)
 
     async def _write_once(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, _pipeline(conn):
             tx = Tx(conn, self.taskhub)
             async with conn.transaction():
                 result = await fn(tx)
@@ -190,6 +200,7 @@ class Database:
     ) -> T:
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.02
+        attempt = 0
         while True:
             committing: list[bool] = []
             try:
@@ -197,6 +208,10 @@ class Database:
             except psycopg.OperationalError as exc:
                 if not is_transient(exc) or (committing and not replay_safe) or time.monotonic() >= deadline:
                     raise
-                log.warning("PostgreSQL unavailable (%s); retrying in %.2f s", exc, delay)
+                attempt += 1
+                # A busy pool is no outage; and one warning per call is enough during one.
+                busy = isinstance(exc, PoolTimeout)
+                level = logging.DEBUG if busy or attempt > 1 else logging.WARNING
+                log.log(level, "PostgreSQL unavailable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -306,8 +306,7 @@ async def _insert_activities(tx: Tx, activities: list[ActivityTask]) -> None:
 
 async def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
     params = {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
-    cur = await tx.conn.execute(Q.release_instance_lease, params)
-    if cur.rowcount:
+    if await _all(tx.conn, Q.release_instance_lease, params):
         await tx.conn.execute(Q.unmark_messages, params)
         tx.notify(ORCHESTRATIONS)
 
@@ -379,14 +378,11 @@ async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> 
 
 
 async def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:
-    cur = await tx.conn.execute(
-        Q.release_activity_lease, {"taskhub": tx.taskhub, "id": activity_id, "token": token}
-    )
-    if cur.rowcount:
+    params = {"taskhub": tx.taskhub, "id": activity_id, "token": token}
+    if await _all(tx.conn, Q.release_activity_lease, params):
         tx.notify(ACTIVITIES)
 
 
 async def renew_activity_lease(tx: Tx, activity_id: int, token: str, lease_seconds: float) -> bool:
     params = {"taskhub": tx.taskhub, "id": activity_id, "token": token, "lease_seconds": float(lease_seconds)}
-    cur = await tx.conn.execute(Q.renew_activity_lease, params)
-    return bool(cur.rowcount)
+    return bool(await _all(tx.conn, Q.renew_activity_lease, params))

@@ -26,6 +26,9 @@ SELECT COALESCE(max(version), 0) FROM duratask_schema;
 -- name: record_migration
 INSERT INTO duratask_schema (version, name) VALUES (%(version)s, %(name)s);
 
+-- Writes run in pipeline mode: statements go out without waiting for one another, and the client
+-- waits only where it reads a result. Statements whose outcome matters therefore RETURN a row.
+
 -- --- instances ---------------------------------------------------------------------------------
 
 -- name: get_instance
@@ -187,7 +190,8 @@ WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
 
 -- name: release_instance_lease
 UPDATE duratask_instances SET lease_token = NULL, lease_expires = '-infinity'
-WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s;
+WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s
+RETURNING instance_id;
 
 -- name: unmark_messages
 UPDATE duratask_inbox SET lease_token = NULL
@@ -246,11 +250,13 @@ RETURNING instance_id;
 
 -- name: renew_activity_lease
 UPDATE duratask_activities SET lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s AND lease_expires > now();
+WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s AND lease_expires > now()
+RETURNING id;
 
 -- name: release_activity_lease
 UPDATE duratask_activities SET lease_token = NULL, lease_expires = '-infinity'
-WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s;
+WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s
+RETURNING id;
 
 -- --- wake-ups ----------------------------------------------------------------------------------
 
