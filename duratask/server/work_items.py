@@ -267,13 +267,13 @@ class Dispatcher:
         room.clear()
         free = sum(s.free(kind) for s in self.streams.values())
         parked_here = sum(1 for p in self._parked if p.kind == kind)
-        if free <= 0 or parked_here >= self.settings.max_parked:
+        if free < self._low_water(kind) or parked_here >= self.settings.max_parked:
             await self._wait(room, self._park_wait())
             return
         limit = min(free, self.settings.lease_batch)
         if self._last_lease_partial[kind] and self.in_flight:
             # Busy: let finished work pile up for about one storage commit, then take it in one
-            # lease (each lease is a write transaction; one per item would cost a sync each).
+            # lease (each lease is a storage transaction, queued with the completions).
             await asyncio.sleep(self.settings.lease_gather_seconds)
         # Listen before leasing: work committed between an empty lease and the wait must wake us.
         notifier = self.backend.storage.notifier
@@ -303,6 +303,16 @@ class Dispatcher:
                 continue
             name, version, scheduled = described
             self._route(kind, item, name, version, scheduled)
+
+    def _low_water(self, kind: Kind) -> int:
+        """Free slots worth a lease. While workers hold a good part of their limit they have work
+        queued anyway, so the next lease waits until a batch of slots is free: fewer, larger
+        leases leave the storage to the completions. With little in flight, one slot is enough."""
+        busy = sum(s.busy[kind] for s in self.streams.values())
+        limit = sum(s.limits[kind] for s in self.streams.values())
+        if busy * 4 < limit:
+            return 1
+        return max(1, min(self.settings.lease_batch, limit // 10))
 
     async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, type]] | None:
         """Name and version to route by; for orchestrations, the full history goes into the item."""
