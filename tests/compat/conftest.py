@@ -5,7 +5,7 @@ which sends the `taskhub` metadata as it does to the Durable Task Scheduler)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -19,16 +19,18 @@ from tests.compat.serverlib import ServerThread, quiet_logger
 FLAVOURS = ("durabletask", "azuremanaged")
 
 
-@pytest.fixture
-def server(tmp_path: Any) -> Iterator[ServerThread]:
-    running = ServerThread(storage=f"sqlite:///{tmp_path / 'serve.db'}", taskhubs=("default", "other"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(params=FLAVOURS)
+@pytest.fixture(scope="module", params=FLAVOURS)
 def flavour(request: Any) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: Any, flavour: str) -> Iterator[ServerThread]:
+    """One server per flavour and test module (tests use their own instance ids)."""
+    db = tmp_path_factory.mktemp(f"serve-{flavour}") / "serve.db"
+    running = ServerThread(storage=f"sqlite:///{db}", taskhubs=("default", "other"))
+    yield running
+    running.stop()
 
 
 def make_client(flavour: str, address: str, taskhub: str = "default") -> Any:
@@ -56,28 +58,21 @@ def make_worker(flavour: str, address: str, taskhub: str = "default", **kwargs: 
     return dt_worker.TaskHubGrpcWorker(host_address=address, logger=quiet_logger("worker"), **kwargs)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(server: ServerThread, flavour: str) -> Iterator[Any]:
     c = make_client(flavour, server.address)
     yield c
     c.close()
 
 
-@pytest.fixture
-def start_worker(server: ServerThread, flavour: str) -> Iterator[Callable[..., Any]]:
-    """`start_worker(orchestrators=[...], activities=[...], **worker_kwargs)`: a running worker."""
-    started: list[Any] = []
-
-    def start(orchestrators: list[Any] = (), activities: list[Any] = (), **kwargs: Any) -> Any:  # type: ignore[assignment]
-        w = make_worker(flavour, server.address, **kwargs)
-        for fn in orchestrators:
-            w.add_orchestrator(fn)
-        for fn in activities:
-            w.add_activity(fn)
-        w.start()
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def running_worker(
+    flavour: str, address: str, orchestrators: Iterable[Any], activities: Iterable[Any]
+) -> Any:
+    """A started worker of ``flavour`` with these functions registered (stop it when done)."""
+    w = make_worker(flavour, address)
+    for fn in orchestrators:
+        w.add_orchestrator(fn)
+    for fn in activities:
+        w.add_activity(fn)
+    w.start()
+    return w

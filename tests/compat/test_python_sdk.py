@@ -14,7 +14,7 @@ import pytest
 from durabletask import task
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
 
-from tests.compat.conftest import make_client
+from tests.compat.conftest import make_client, running_worker
 from tests.compat.serverlib import ServerThread
 
 TIMEOUT = 30
@@ -128,6 +128,33 @@ def rewindable_parent(ctx: task.OrchestrationContext, _: Any) -> Any:
     return f"{a}:{b}"
 
 
+ORCHESTRATORS = [
+    hello_cities,
+    fan_out,
+    sleeper,
+    approval,
+    two_events,
+    child,
+    parent,
+    waits_forever,
+    parent_of_waiter,
+    echo,
+    calls_boom,
+    rewindable,
+    flaky_child,
+    rewindable_parent,
+]
+ACTIVITIES = [say_hello, square, boom, steady, flaky]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(server: ServerThread, flavour: str) -> Any:
+    """One worker per server, with every orchestrator and activity of this module."""
+    w = running_worker(flavour, server.address, ORCHESTRATORS, ACTIVITIES)
+    yield w
+    w.stop()
+
+
 def completed(client: Any, instance_id: str) -> Any:
     state = client.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)
     assert state is not None
@@ -137,8 +164,7 @@ def completed(client: Any, instance_id: str) -> Any:
 # --- scenarios -------------------------------------------------------------------------------
 
 
-def test_activity_sequence(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[hello_cities], activities=[say_hello])
+def test_activity_sequence(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(hello_cities)
     state = completed(client, instance_id)
     assert state.runtime_status == OrchestrationStatus.COMPLETED
@@ -150,16 +176,14 @@ def test_activity_sequence(client: Any, start_worker: Any) -> None:
     assert kinds[0] == "OrchestratorStartedEvent" and "ExecutionCompletedEvent" in kinds
 
 
-def test_fan_out_fan_in(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[fan_out], activities=[square])
+def test_fan_out_fan_in(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(fan_out, input=50)
     state = completed(client, instance_id)
     assert state.runtime_status == OrchestrationStatus.COMPLETED
     assert state.get_output() == sum(i * i for i in range(50))
 
 
-def test_durable_timer(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[sleeper])
+def test_durable_timer(client: Any) -> None:
     started = time.monotonic()
     instance_id = client.schedule_new_orchestration(sleeper, input=1.0)
     state = completed(client, instance_id)
@@ -168,8 +192,7 @@ def test_durable_timer(client: Any, start_worker: Any) -> None:
     assert time.monotonic() - started >= 1.0
 
 
-def test_scheduled_start_waits(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[echo])
+def test_scheduled_start_waits(client: Any) -> None:
     start_at = datetime.now(UTC) + timedelta(seconds=1.5)
     instance_id = client.schedule_new_orchestration(echo, input="later", start_at=start_at)
     assert client.get_orchestration_state(instance_id).runtime_status == OrchestrationStatus.PENDING
@@ -178,8 +201,7 @@ def test_scheduled_start_waits(client: Any, start_worker: Any) -> None:
     assert datetime.now(UTC) >= start_at
 
 
-def test_external_events(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[approval, two_events])
+def test_external_events(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(approval)
     started = client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
     assert started.runtime_status == OrchestrationStatus.RUNNING
@@ -193,8 +215,7 @@ def test_external_events(client: Any, start_worker: Any) -> None:
     assert completed(client, other).get_output() == [1, 2]
 
 
-def test_sub_orchestrations(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[parent, child], activities=[square])
+def test_sub_orchestrations(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(parent, input=4)
     state = completed(client, instance_id)
     assert state.runtime_status == OrchestrationStatus.COMPLETED
@@ -202,16 +223,14 @@ def test_sub_orchestrations(client: Any, start_worker: Any) -> None:
     assert completed(client, f"{instance_id}-child-3").get_output() == 10
 
 
-def test_activity_failure_fails_the_instance(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[calls_boom], activities=[boom])
+def test_activity_failure_fails_the_instance(client: Any) -> None:
     state = completed(client, client.schedule_new_orchestration(calls_boom))
     assert state.runtime_status == OrchestrationStatus.FAILED
     assert state.failure_details is not None
     assert "kaboom" in state.failure_details.message
 
 
-def test_suspend_resume(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[approval])
+def test_suspend_resume(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(approval)
     client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
     client.suspend_orchestration(instance_id, reason="maintenance")
@@ -224,8 +243,7 @@ def test_suspend_resume(client: Any, start_worker: Any) -> None:
     assert state.get_output() == {"approved": "while suspended"}
 
 
-def test_terminate_is_recursive(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[parent_of_waiter, waits_forever])
+def test_terminate_is_recursive(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(parent_of_waiter)
     child_id = f"{instance_id}-waiter"
     client.wait_for_orchestration_start(child_id, timeout=TIMEOUT)
@@ -236,20 +254,31 @@ def test_terminate_is_recursive(client: Any, start_worker: Any) -> None:
     assert completed(client, child_id).runtime_status == OrchestrationStatus.TERMINATED
 
 
-def test_query_filters_and_paging(client: Any, start_worker: Any, server: ServerThread) -> None:
-    start_worker(orchestrators=[echo, waits_forever])
+def test_query_filters_and_paging(client: Any) -> None:
+    # The server is shared by the module's tests: this one looks at its own instances (by prefix,
+    # or created after it began).
+    began = datetime.now(UTC)
     done = [client.schedule_new_orchestration(echo, input=i, instance_id=f"q-done-{i}") for i in range(5)]
     for instance_id in done:
         completed(client, instance_id)
     waiting = client.schedule_new_orchestration(waits_forever, instance_id="q-wait")
     client.wait_for_orchestration_start(waiting, timeout=TIMEOUT)
 
-    everything = client.get_all_orchestration_states(OrchestrationQuery(max_instance_count=2))
-    assert sorted(s.instance_id for s in everything) == sorted([*done, waiting])
-    assert all(s.serialized_input is None for s in everything)  # not asked for payloads
+    # Pages of 2, followed by the client through continuation tokens.
+    mine = client.get_all_orchestration_states(
+        OrchestrationQuery(instance_id_prefix="q-", max_instance_count=2)
+    )
+    assert sorted(s.instance_id for s in mine) == sorted([*done, waiting])
+    assert all(s.serialized_input is None for s in mine)  # not asked for payloads
+    since = client.get_all_orchestration_states(OrchestrationQuery(created_time_from=began))
+    assert sorted(s.instance_id for s in since) == sorted([*done, waiting])
 
     running = client.get_all_orchestration_states(
-        OrchestrationQuery(runtime_status=[OrchestrationStatus.RUNNING], fetch_inputs_and_outputs=True)
+        OrchestrationQuery(
+            instance_id_prefix="q-",
+            runtime_status=[OrchestrationStatus.RUNNING],
+            fetch_inputs_and_outputs=True,
+        )
     )
     assert [s.instance_id for s in running] == [waiting]
     by_prefix = client.get_all_orchestration_states(
@@ -261,16 +290,17 @@ def test_query_filters_and_paging(client: Any, start_worker: Any, server: Server
 
     page = client.list_instance_ids(runtime_status=[OrchestrationStatus.COMPLETED], page_size=3)
     assert len(page.items) == 3 and page.continuation_token
-    rest = client.list_instance_ids(
-        runtime_status=[OrchestrationStatus.COMPLETED],
-        page_size=3,
-        continuation_token=page.continuation_token,
-    )
-    assert sorted(page.items + rest.items) == sorted(done) and rest.continuation_token is None
+    listed, token = list(page.items), page.continuation_token
+    while token:
+        more = client.list_instance_ids(
+            runtime_status=[OrchestrationStatus.COMPLETED], page_size=3, continuation_token=token
+        )
+        listed += more.items
+        token = more.continuation_token
+    assert set(done) <= set(listed) and waiting not in listed and len(listed) == len(set(listed))
 
 
-def test_purge(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[parent, child, echo], activities=[square])
+def test_purge(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(parent, input=2)
     completed(client, instance_id)
     result = client.purge_orchestration(instance_id, recursive=True)
@@ -278,15 +308,17 @@ def test_purge(client: Any, start_worker: Any) -> None:
     assert client.get_orchestration_state(instance_id) is None
     assert client.get_orchestration_state(f"{instance_id}-child-0") is None
 
+    began = datetime.now(UTC)
     for i in range(3):
         completed(client, client.schedule_new_orchestration(echo, input=i, instance_id=f"p-{i}"))
-    by_filter = client.purge_orchestrations_by(runtime_status=[OrchestrationStatus.COMPLETED])
+    by_filter = client.purge_orchestrations_by(
+        created_time_from=began, runtime_status=[OrchestrationStatus.COMPLETED]
+    )
     assert by_filter.deleted_instance_count == 3 and by_filter.is_complete is True
     assert client.get_orchestration_state("p-0") is None
 
 
-def test_purge_refuses_running_and_missing(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[waits_forever])
+def test_purge_refuses_running_and_missing(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(waits_forever)
     client.wait_for_orchestration_start(instance_id, timeout=TIMEOUT)
     with pytest.raises(grpc.RpcError) as running:
@@ -298,8 +330,7 @@ def test_purge_refuses_running_and_missing(client: Any, start_worker: Any) -> No
     assert client.get_orchestration_state(instance_id).runtime_status == OrchestrationStatus.RUNNING
 
 
-def test_restart(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[echo, waits_forever])
+def test_restart(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(echo, input={"n": 1})
     first = completed(client, instance_id)
     same = client.restart_orchestration(instance_id)
@@ -318,10 +349,9 @@ def test_restart(client: Any, start_worker: Any) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_rewind_reruns_only_failed_work(client: Any, start_worker: Any) -> None:
+def test_rewind_reruns_only_failed_work(client: Any) -> None:
     RUNS.clear()
     HEALED.clear()
-    start_worker(orchestrators=[rewindable], activities=[steady, flaky])
     instance_id = client.schedule_new_orchestration(rewindable)
     assert completed(client, instance_id).runtime_status == OrchestrationStatus.FAILED
     HEALED.set()
@@ -337,10 +367,9 @@ def test_rewind_reruns_only_failed_work(client: Any, start_worker: Any) -> None:
     assert not_failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_rewind_reaches_failed_sub_orchestrations(client: Any, start_worker: Any) -> None:
+def test_rewind_reaches_failed_sub_orchestrations(client: Any) -> None:
     RUNS.clear()
     HEALED.clear()
-    start_worker(orchestrators=[rewindable_parent, flaky_child], activities=[steady, flaky])
     instance_id = client.schedule_new_orchestration(rewindable_parent)
     assert completed(client, instance_id).runtime_status == OrchestrationStatus.FAILED
     assert completed(client, f"{instance_id}-child").runtime_status == OrchestrationStatus.FAILED
@@ -363,8 +392,7 @@ def test_missing_instances(client: Any) -> None:
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_wait_is_a_long_poll_to_the_deadline(client: Any, start_worker: Any) -> None:
-    start_worker(orchestrators=[waits_forever])
+def test_wait_is_a_long_poll_to_the_deadline(client: Any) -> None:
     instance_id = client.schedule_new_orchestration(waits_forever)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -372,10 +400,9 @@ def test_wait_is_a_long_poll_to_the_deadline(client: Any, start_worker: Any) -> 
     assert 1.4 <= time.monotonic() - started < 5
 
 
-def test_id_reuse(client: Any, start_worker: Any) -> None:
+def test_id_reuse(client: Any) -> None:
     from durabletask.internal import orchestrator_service_pb2 as official
 
-    start_worker(orchestrators=[echo, waits_forever])
     running = client.schedule_new_orchestration(waits_forever, instance_id="reuse-me")
     client.wait_for_orchestration_start(running, timeout=TIMEOUT)
     with pytest.raises(grpc.RpcError) as exists:
@@ -394,10 +421,9 @@ def test_id_reuse(client: Any, start_worker: Any) -> None:
     assert kept.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-def test_task_hubs_are_separate(server: ServerThread, flavour: str, start_worker: Any) -> None:
+def test_task_hubs_are_separate(server: ServerThread, flavour: str) -> None:
     if flavour != "azuremanaged":
         pytest.skip("the taskhub metadata is what the azuremanaged client sends")
-    start_worker(orchestrators=[echo])
     default = make_client(flavour, server.address, taskhub="default")
     other = make_client(flavour, server.address, taskhub="other")
     unknown = make_client(flavour, server.address, taskhub="nope")
