@@ -3,6 +3,7 @@ unsupported RPCs, and a clean stop on SIGTERM that hands unfinished work back.""
 
 from __future__ import annotations
 
+import inspect
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from durabletask.client import OrchestrationStatus
 
 from duratask.errors import ConnectionStringError
 from duratask.protocol import pb, pb_grpc
-from duratask.server.app import start_server, storage_for_hub
+from duratask.server.app import serve, start_server, storage_for_hub
 from tests.compat.serverlib import RawWorker, ServerProcess, ServerThread, free_port, quiet_logger
 
 
@@ -334,3 +335,13 @@ def test_a_busy_dashboard_port_stops_serve(tmp_path: Path) -> None:
         )
     assert run.returncode != 0
     assert "address already in use" in (run.stderr + run.stdout).lower()
+
+
+def test_serve_defaults_follow_the_spec() -> None:
+    params = inspect.signature(serve).parameters
+    assert params["storage"].default == "sqlite:///duratask.db"
+    assert params["host"].default == "127.0.0.1"
+    assert params["port"].default == 8080
+    assert tuple(params["taskhubs"].default) == ("default",)
+    assert params["auth_token"].default is None
+    assert params["dashboard_port"].default is None
