@@ -36,7 +36,6 @@ from .. import history as h
 from ..backend.api import ActivityWorkItem, OrchestrationWorkItem
 from ..backend.local import LocalBackend, utcnow
 from ..models import OrchestrationRuntimeStatus as Status
-from ..notify import ACTIVITIES, ORCHESTRATIONS
 from ..protocol import convert
 from .errors import RpcError, invalid, not_found
 from .settings import ServerSettings
@@ -275,33 +274,25 @@ class Dispatcher:
             # Busy: let finished work pile up for about one storage commit, then take it in one
             # lease (each lease is a storage transaction, queued with the completions).
             await asyncio.sleep(self.settings.lease_gather_seconds)
-        # Listen before leasing: work committed between an empty lease and the wait must wake us.
-        notifier = self.backend.storage.notifier
-        woke = notifier.register(ORCHESTRATIONS if kind == ORCHESTRATION else ACTIVITIES)
-        try:
-            items: list[Any] = list(
-                await (
-                    self.backend.lease_orchestrations(limit)
-                    if kind == ORCHESTRATION
-                    else self.backend.lease_activities(limit)
-                )
+        items: list[Any] = list(
+            await (
+                self.backend.lease_orchestrations(limit)
+                if kind == ORCHESTRATION
+                else self.backend.lease_activities(limit)
             )
-            if not items:
-                # wait_for_work adds the safety nets: due timers, polling when other processes share the storage
-                work = asyncio.ensure_future(self.backend.wait_for_work(kind, self._park_wait() or 5.0))
-                try:
-                    await self._wait(room, None, also=(work, woke))
-                finally:
-                    work.cancel()
-                return
-        finally:
-            notifier.unregister(woke)
+        )
+        if not items:
+            # The backend's wait covers work committed since the lease, due timers, and polling
+            # when other processes share the storage; a stream that frees room wakes us too.
+            work = asyncio.ensure_future(self.backend.wait_for_work(kind, self._park_wait() or 5.0))
+            try:
+                await self._wait(room, None, also=(work,))
+            finally:
+                work.cancel()
+            return
         self._last_lease_partial[kind] = len(items) < limit
         routes = await asyncio.gather(*(self._describe(kind, item) for item in items))
-        for item, described in zip(items, routes):
-            if described is None:
-                continue
-            name, version, scheduled = described
+        for item, (name, version, scheduled) in zip(items, routes):
             self._route(kind, item, name, version, scheduled)
 
     def _low_water(self, kind: Kind) -> int:
@@ -314,14 +305,15 @@ class Dispatcher:
             return 1
         return max(1, min(self.settings.lease_batch, limit // 10))
 
-    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, type]] | None:
+    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, type]]:
         """Name and version to route by; for orchestrations, the full history goes into the item."""
         if kind == ACTIVITY:
             return item.name, item.version, {}
-        # Straight from the storage: one read instead of the backend's check-then-read (a leased
-        # instance exists; one purged meanwhile has an empty history and its commit is fenced out).
-        history = await self.backend.storage.get_history(item.instance_id)
-        item.history = history
+        if item.history is None:
+            # Straight from the storage: one read, not the backend's check-then-read (the instance
+            # exists: it is leased and running, and only finished instances are purged).
+            item.history = await self.backend.storage.get_history(item.instance_id)
+        history = item.history
         started = next(
             (e for e in itertools.chain(history, item.new_events) if isinstance(e, h.ExecutionStarted)), None
         )
