@@ -109,6 +109,10 @@ def _grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),
         # Workers keep long streams open and may ping them; do not answer pings with GOAWAY.
         ("grpc.keepalive_permit_without_calls", 1),
+        # And ping them ourselves: a worker whose machine vanished (no FIN) is noticed within
+        # about 80 s, so its stream ends and its items are handed back.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ("grpc.http2.max_ping_strikes", 0),
         *settings.extra_grpc_options,

@@ -203,6 +203,13 @@ class Dispatcher:
         self.streams[stream.id] = stream
         self._start_pumps()
         self._signal_room()
+        log.info(
+            "worker stream %s connected: up to %d orchestrations and %d activities at once%s",
+            stream.id[:8],
+            stream.limits[ORCHESTRATION],
+            stream.limits[ACTIVITY],
+            ", with work-item filters" if request.HasField("workItemFilters") else "",
+        )
         return stream
 
     async def disconnect(self, stream: WorkerStream) -> None:
@@ -214,6 +221,7 @@ class Dispatcher:
         mine = [token for token, f in self.in_flight.items() if f.stream is stream]
         for token in mine:
             await self._hand_back(token)
+        log.info("worker stream %s ended; %d unfinished work item(s) handed back", stream.id[:8], len(mine))
 
     def _signal_room(self, kind: Kind | None = None) -> None:
         for k in (kind,) if kind else (ORCHESTRATION, ACTIVITY):
