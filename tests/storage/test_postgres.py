@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from duratask.notify import ORCHESTRATIONS
 from duratask.storage.base import InstanceFilter
 from duratask.storage.postgres import PostgresStorage, SchemaVersionError, migrate, open_postgres_storage
 from duratask.storage.postgres.db import is_transient, notification_payloads
@@ -206,6 +207,40 @@ async def test_a_cancelled_call_does_not_disturb_the_others(pg_url: str) -> None
         assert await storage.get_instance("after") is not None
     finally:
         await storage.close()
+
+
+async def test_open_postgres_storage_shares_one_object_per_database_hub_and_event_loop(pg_url: str) -> None:
+    hub = unique_name("hub")
+    first = await open_postgres_storage(pg_url, hub)
+    second = await open_postgres_storage(pg_url, hub)
+    other_hub = await open_postgres_storage(pg_url, unique_name("hub"))
+    assert second is first and other_hub is not first
+
+    # A client and a worker sharing it wake each other without the server.
+    woken = second.notifier.register(ORCHESTRATIONS)
+    await create(first, "a")
+    await asyncio.sleep(0)  # let the notifier's call_soon_threadsafe run
+    assert woken.done()
+
+    await first.close()
+    assert await second.get_instance("a") is not None  # still open for its other user
+    await second.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await second.get_instance("a")
+    third = await open_postgres_storage(pg_url, hub)  # a new object once the last user closed
+    assert third is not first
+    await third.close()
+    await other_hub.close()
+
+    def in_another_loop() -> bool:
+        async def open_there() -> bool:
+            there = await open_postgres_storage(pg_url, hub)
+            await there.close()
+            return there is not third
+
+        return asyncio.run(open_there())
+
+    assert await asyncio.to_thread(in_another_loop)
 
 
 async def test_a_closed_storage_refuses_work(pg_url: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from duratask.notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
-from duratask.storage.postgres import PostgresStorage, open_postgres_storage
+from duratask.storage.postgres import PostgresStorage
 from tests.pgserver import unique_name
 
 from .builders import LONG, activity, commit_of, completion, create, lease_only, message, raised
@@ -16,12 +16,19 @@ from .builders import LONG, activity, commit_of, completion, create, lease_only,
 WAKE_TIMEOUT = 10.0  # generous: a loaded CI machine; a working wake-up arrives in milliseconds
 
 
+async def _separate(url: str, hub: str) -> PostgresStorage:
+    """A storage object of its own (``open_postgres_storage`` would share one per event loop)."""
+    storage = PostgresStorage(url, hub)
+    await storage.open()
+    return storage
+
+
 @pytest.fixture
 async def pair(pg_url: str) -> AsyncIterator[tuple[PostgresStorage, PostgresStorage]]:
     """Two storages of one hub, each with its own pool and listener, as two processes would have."""
     hub = unique_name("hub")
-    one = await open_postgres_storage(pg_url, hub)
-    two = await open_postgres_storage(pg_url, hub)
+    one = await _separate(pg_url, hub)
+    two = await _separate(pg_url, hub)
     yield one, two
     await one.close()
     await two.close()
@@ -77,9 +84,9 @@ async def test_a_big_group_commit_reaches_every_instance_waiter(
 
 
 async def test_other_task_hubs_are_not_woken(pg_url: str) -> None:
-    one = await open_postgres_storage(pg_url, unique_name("hub"))
-    other = await open_postgres_storage(pg_url, unique_name("hub"))
-    same = await open_postgres_storage(pg_url, one.taskhub)
+    one = await _separate(pg_url, unique_name("hub"))
+    other = await _separate(pg_url, unique_name("hub"))
+    same = await _separate(pg_url, one.taskhub)
     try:
         quiet = other.notifier.register(ORCHESTRATIONS, instance_topic("a"))
         await _wakes(same, create(one, "a"), ORCHESTRATIONS)  # once this arrived, other's would have too

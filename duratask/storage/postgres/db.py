@@ -174,6 +174,11 @@ class Database:
         """Run ``fn`` in one transaction, then send its notifications (also in it) and wake this process."""
         return await self._retrying(fn, self._write_once, replay_safe=replay_safe)
 
+    async def write_statement(self, fn: Callable[[Tx], Awaitable[T]], *, replay_safe: bool) -> T:
+        """Run ``fn``, which executes exactly one statement and notifies nobody, as its own transaction:
+        no BEGIN and COMMIT round trips. Any failure may hide a commit (only ``replay_safe`` retries)."""
+        return await self._retrying(fn, self._statement_once, replay_safe=replay_safe)
+
     async def _read_once(self, fn: Callable[[Connection], Awaitable[T]], progress: list[bool]) -> T:
         async with self.pool.connection() as conn:
             return await fn(conn)
@@ -189,6 +194,15 @@ class Database:
                 progress.append(True)  # from here on, a failure may hide a commit
         if tx.topics:
             self._on_commit(tx.topics)
+        return result
+
+    async def _statement_once(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
+        async with self.pool.connection() as conn:
+            tx = Tx(conn, self.taskhub)
+            progress.append(True)
+            result = await fn(tx)
+        if tx.topics:
+            raise RuntimeError("a single-statement write cannot notify")
         return result
 
     async def _retrying(

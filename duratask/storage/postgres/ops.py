@@ -178,38 +178,25 @@ async def delete_matching_batch(tx: Tx, filter: InstanceFilter, batch: int) -> i
 
 
 async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+    """One statement (see queries.sql), run outside any explicit transaction."""
     if limit <= 0:
         return []
-    scan = {"taskhub": tx.taskhub, "limit": limit, "scan_limit": limit * _SCAN_FACTOR}
-    candidates = [instance_id for (instance_id,) in await _all(tx.conn, Q.lock_lease_candidates, scan)]
-    if not candidates:
-        return []
-    take = {"taskhub": tx.taskhub, "instance_ids": candidates, "lease_seconds": float(lease_seconds)}
-    rows = await _all(tx.conn, Q.take_orchestration_leases, take)
-    if not rows:
-        return []
+    params = {
+        "taskhub": tx.taskhub,
+        "limit": limit,
+        "scan_limit": limit * _SCAN_FACTOR,
+        "lease_seconds": float(lease_seconds),
+    }
     width = len(INSTANCE_COLUMNS)
-    leased = {row[0]: row for row in rows}
-    marked = await _all(
-        tx.conn,
-        Q.mark_messages,
-        {"taskhub": tx.taskhub, "instance_ids": list(leased), "tokens": [row[width + 1] for row in rows]},
-    )
-    messages: dict[str, list[tuple[int, bytes]]] = {instance_id: [] for instance_id in leased}
-    for instance_id, message_id, event in marked:
-        messages[instance_id].append((message_id, event))
-    for inbox in messages.values():
-        inbox.sort()
-    order = [instance_id for instance_id in candidates if instance_id in leased]  # oldest message first
     return [
         OrchestrationLease(
-            instance=instance_from_row(leased[instance_id]),
-            token=leased[instance_id][width + 1],
-            expires_at=leased[instance_id][width + 2].astimezone(UTC),
-            new_events=[decode_event(event) for _, event in messages[instance_id]],
-            history_length=leased[instance_id][width],
+            instance=instance_from_row(row),
+            token=row[width + 1],
+            expires_at=row[width + 2].astimezone(UTC),
+            new_events=[decode_event(event) for event in row[width + 4] or ()],
+            history_length=row[width],
         )
-        for instance_id in order
+        for row in await _all(tx.conn, Q.lease_orchestrations, params)
     ]
 
 

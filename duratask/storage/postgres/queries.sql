@@ -130,12 +130,20 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 
 -- --- orchestration leases ----------------------------------------------------------------------
 
--- Step 1 of leasing: lock instances with a visible message and no live lease, oldest message
--- first. The scan walks the visible messages in index order and stops after %(scan_limit)s
--- lockable rows (an instance with several messages shows up once per message); SKIP LOCKED passes
--- over instances another leaser is taking right now. NO KEY UPDATE does not conflict with the
--- KEY SHARE of a writer adding a message meanwhile.
--- name: lock_lease_candidates
+-- Leasing, in one statement (one round trip, its own transaction):
+-- 1. scanned: walk the visible messages in index order, joined with their instance when its lease
+--    is free or expired, and lock both rows; stop after %(scan_limit)s pairs (an instance with
+--    several messages shows up once per message). SKIP LOCKED passes over rows another leaser or
+--    committer holds right now. Locking the message as well matters: the statement's snapshot
+--    may predate another leaser's whole lease and commit. PostgreSQL then re-checks each locked
+--    row as it is now, so an instance whose lease has been taken since, or a message consumed
+--    since, drops out, and a finished instance is not leased again for a message it already had.
+-- 2. picked: the %(limit)s instances whose first visible message is oldest.
+-- 3. taken: lease each under a fresh random token (RETURNING reads the row as it is now).
+-- 4. marked: mark every visible message of each, including those of an expired lease, with the
+--    new token; messages arriving later stay unmarked and wait for the next lease.
+-- NO KEY UPDATE does not conflict with the KEY SHARE of a writer adding a message meanwhile.
+-- name: lease_orchestrations
 WITH scanned AS (
     SELECT i.instance_id, m.visible_at
     FROM duratask_inbox AS m
@@ -143,35 +151,29 @@ WITH scanned AS (
     WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
     ORDER BY m.visible_at
     LIMIT %(scan_limit)s
-    FOR NO KEY UPDATE OF i SKIP LOCKED
+    FOR NO KEY UPDATE OF i, m SKIP LOCKED
+), picked AS (
+    SELECT instance_id, min(visible_at) AS first_visible
+    FROM scanned
+    GROUP BY instance_id
+    ORDER BY first_visible
+    LIMIT %(limit)s
+), taken AS (
+    UPDATE duratask_instances AS i
+    SET lease_token = gen_random_uuid()::text,
+        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+    FROM picked
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, picked.first_visible
+), marked AS (
+    UPDATE duratask_inbox AS m SET lease_token = t.lease_token
+    FROM taken AS t
+    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id AND m.visible_at <= now()
+    RETURNING m.instance_id, m.id, m.event
 )
-SELECT instance_id FROM scanned
-GROUP BY instance_id
-ORDER BY min(visible_at)
-LIMIT %(limit)s;
-
--- Step 2: lease the locked candidates that still qualify. A separate statement on purpose: it
--- reads a snapshot taken after the locks were granted. Step 1's snapshot may predate another
--- leaser's whole lease and commit; PostgreSQL re-checks the locked row itself (lease_expires)
--- but not the message it was joined with, which that commit may have consumed.
--- name: take_orchestration_leases
-UPDATE duratask_instances AS i
-SET lease_token = gen_random_uuid()::text,
-    lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-WHERE i.taskhub = %(taskhub)s AND i.instance_id = ANY(%(instance_ids)s::text[]) AND i.lease_expires <= now()
-  AND EXISTS (
-      SELECT 1 FROM duratask_inbox AS m
-      WHERE m.taskhub = i.taskhub AND m.instance_id = i.instance_id AND m.visible_at <= now()
-  )
-RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires;
-
--- Marks every visible message, including those of an expired lease, with the new token; later
--- arrivals stay unmarked and wait for the next lease.
--- name: mark_messages
-UPDATE duratask_inbox AS m SET lease_token = l.token
-FROM unnest(%(instance_ids)s::text[], %(tokens)s::text[]) AS l(instance_id, token)
-WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id AND m.visible_at <= now()
-RETURNING m.instance_id, m.id, m.event;
+SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
+FROM taken AS t
+ORDER BY t.first_visible;
 
 -- The fence of a batch of commits: the rows whose lease is live, locked until the batch commits.
 -- NO KEY UPDATE (what the UPDATE of the row takes anyway) leaves the rows open to the KEY SHARE

@@ -48,9 +48,7 @@ class Queries:
     insert_messages_if_instance_exists: str
     any_visible_message: str
     next_visible_at: str
-    lock_lease_candidates: str
-    take_orchestration_leases: str
-    mark_messages: str
+    lease_orchestrations: str
     lock_live_leases: str
     consume_messages: str
     release_instance_lease: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -68,6 +69,10 @@ class PostgresStorage:
         self.schema_version = 0
         self._db: Database | None = None
         self._listener: NotificationListener | None = None
+        self._open_lock = asyncio.Lock()
+        #: Set when ``open_postgres_storage`` shares this object: its key, and how many users hold it.
+        self._shared_key: _SharedKey | None = None
+        self._references = 0
 
     def __repr__(self) -> str:
         return f"PostgresStorage({describe(self.url)!r}, {self.taskhub!r})"
@@ -75,9 +80,15 @@ class PostgresStorage:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Check or migrate the schema, open the pool, and start listening for other processes' commits."""
-        if self._db is not None:
-            return
+        """Check or migrate the schema, open the pool, and start listening for other processes' commits.
+
+        Idempotent; concurrent callers (users of a shared storage) wait for the first.
+        """
+        async with self._open_lock:
+            if self._db is None:
+                await self._open()
+
+    async def _open(self) -> None:
         self.schema_version = await self._prepare_schema()
         db = Database(
             self.url,
@@ -110,6 +121,14 @@ class PostgresStorage:
             await conn.close()
 
     async def close(self) -> None:
+        """Close the pool and the listener; a shared storage really closes when its last user does."""
+        if self._shared_key is not None:
+            self._references -= 1
+            if self._references > 0:
+                return
+            if _shared.get(self._shared_key) is self:
+                del _shared[self._shared_key]
+            self._shared_key = None
         db, self._db = self._db, None
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -131,6 +150,9 @@ class PostgresStorage:
 
     async def _write(self, fn: Callable[[Tx], Awaitable[T]], *, replay_safe: bool) -> T:
         return await self._database().write(fn, replay_safe=replay_safe)
+
+    async def _write_statement(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        return await self._database().write_statement(fn, replay_safe=True)
 
     @property
     def listener_connections(self) -> int:
@@ -185,9 +207,7 @@ class PostgresStorage:
     async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
         # Replay-safe enough: leases taken by a COMMIT whose reply was lost just expire, as if a
         # worker had died holding them.
-        return await self._write(
-            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds), replay_safe=True
-        )
+        return await self._write_statement(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:
@@ -202,7 +222,7 @@ class PostgresStorage:
     # --- activity work items ------------------------------------------------------------------
 
     async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]:
-        return await self._write(lambda tx: ops.lease_activities(tx, limit, lease_seconds), replay_safe=True)
+        return await self._write_statement(lambda tx: ops.lease_activities(tx, limit, lease_seconds))
 
     async def complete_activities(self, completions: list[ActivityCompletion]) -> list[bool]:
         if not completions:
@@ -213,18 +233,35 @@ class PostgresStorage:
         await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token), replay_safe=True)
 
     async def renew_activity_lease(self, activity_id: int, token: str, lease_seconds: float) -> bool:
-        return await self._write(
-            lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds), replay_safe=True
+        return await self._write_statement(
+            lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds)
         )
 
 
-async def open_postgres_storage(
-    url: str, taskhub: str = "default", *, migrate: bool = True
-) -> PostgresStorage:
-    """A new, opened ``PostgresStorage`` (schema migrated or checked, listener running).
+# --- one shared object per database, hub and event loop in a process -------------------------
 
-    Each call opens its own pool and listener; the caller must ``await storage.close()``.
+_SharedKey = tuple[str, str, asyncio.AbstractEventLoop]
+_shared: dict[_SharedKey, PostgresStorage] = {}
+
+
+async def open_postgres_storage(url: str, taskhub: str = "default", *, migrate: bool = True) -> PostgresStorage:
+    """The opened ``PostgresStorage`` of (database URL, hub) for the running event loop.
+
+    Callers on one event loop (say a client and a worker in one process) share one object: one
+    pool, one listener, and wake-ups between them without a round trip through the server. Each
+    caller must ``await storage.close()``; the last close really closes. The first opener's
+    ``migrate`` wins. Separate objects (as separate processes would have): ``PostgresStorage(...)``.
     """
-    storage = PostgresStorage(url, taskhub, migrate=migrate)
-    await storage.open()
+    key = (url, taskhub, asyncio.get_running_loop())
+    storage = _shared.get(key)
+    if storage is None:
+        storage = PostgresStorage(url, taskhub, migrate=migrate)
+        storage._shared_key = key
+        _shared[key] = storage
+    storage._references += 1
+    try:
+        await storage.open()
+    except BaseException:
+        await storage.close()
+        raise
     return storage
