@@ -140,13 +140,18 @@ def _parse_endpoint(text: str) -> RemoteTarget:
     return RemoteTarget(f"{host}:{port}", endpoint.scheme == "https", values["taskhub"], token)
 
 
-async def open_backend(connection_string: str | None = None) -> Backend:
-    """Open the Backend a connection string names (storage migrated and ready)."""
+async def open_backend(connection_string: str | None = None, **worker_limits: int) -> Backend:
+    """Open the Backend a connection string names (storage migrated and ready).
+
+    ``worker_limits`` (``max_concurrent_orchestrations``, ``max_concurrent_activities``) are
+    announced to a remote scheduler, which sends no more work than that at once.
+    """
     target = parse(resolve(connection_string))
     if isinstance(target, RemoteTarget):
         from .backend.remote import RemoteBackend
 
-        return await RemoteBackend.connect(target)
+        backend: Backend = await RemoteBackend.connect(target, **worker_limits)
+        return backend
     return await _open_embedded(target)
 
 

@@ -42,7 +42,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class ActivityContext:
-    """What an activity knows about the call that started it."""
+    """What an activity knows about the call that started it (its first argument).
+
+    ``orchestration_id`` is the calling instance's id, ``task_id`` the call's step number in that
+    orchestration (``f"{orchestration_id}:{task_id}"`` is the same for every delivery of one call,
+    a good idempotency key), ``task_name`` the name it was called by. ``attempt`` counts deliveries
+    of this call to a worker: 1, or more after a crash or hand-back (not ``RetryPolicy`` attempts,
+    which are new calls; always 1 over an ``Endpoint=`` connection).
+    """
 
     orchestration_id: str
     task_id: int
@@ -59,8 +66,14 @@ class _CachedExecution:
 class Worker:
     """Runs the orchestrators and activities registered on it against one task hub.
 
-    ``connection_string`` is any form of SPEC §1 (default: ``DURATASK_CONNECTION_STRING``, else
-    ``sqlite:///duratask.db``). Run it with ``async with worker:``, ``worker.run()`` (blocking) or
+    ``connection_string`` is ``sqlite:///path.db``, ``memory://``, ``postgresql://...`` or
+    ``Endpoint=...;TaskHub=...;Authentication=...`` (default: ``DURATASK_CONNECTION_STRING``, else
+    ``sqlite:///duratask.db``). ``max_concurrent_orchestrations`` bounds the episodes leased at once,
+    ``max_concurrent_activities`` the activities running at once (and the thread pool that runs
+    plain activity functions), ``shutdown_timeout`` how long ``stop()`` lets running activities
+    finish, ``orchestration_cache_size`` how many live orchestrator states are kept between
+    episodes. ``backend`` replaces the connection string with an opened Backend (tests, embedding).
+    Run it with ``async with worker:``, ``worker.run()`` (blocking) or
     ``duratask worker module:attribute``.
     """
 
@@ -129,9 +142,17 @@ class Worker:
         return register(fn) if fn is not None else register
 
     def add_orchestrator(self, fn: Callable[..., Any], *, name: str | None = None) -> str:
+        """Register an orchestrator under ``name`` (default: ``fn.__name__``); returns the name.
+
+        Raises ``ValueError`` if another function already has the name.
+        """
         return _register(self._orchestrators, fn, name, "orchestrator")
 
     def add_activity(self, fn: Callable[..., Any], *, name: str | None = None) -> str:
+        """Register an activity under ``name`` (default: ``fn.__name__``); returns the name.
+
+        Raises ``ValueError`` if another function already has the name.
+        """
         return _register(self._activities, fn, name, "activity")
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -141,7 +162,11 @@ class Worker:
         if self._tasks:
             raise RuntimeError("worker already started")
         if self._backend is None:
-            self._backend = await open_backend(self._connection_string)
+            self._backend = await open_backend(
+                self._connection_string,
+                max_concurrent_orchestrations=self.max_concurrent_orchestrations,
+                max_concurrent_activities=self.max_concurrent_activities,
+            )
         self._stopping = False
         self._completions = asyncio.Queue()
         self._slot_free = asyncio.Event()
@@ -157,7 +182,11 @@ class Worker:
         ]
 
     async def stop(self) -> None:
-        """Stop leasing, let running activities finish (``shutdown_timeout``), hand back the rest."""
+        """Stop leasing, let running activities finish (``shutdown_timeout``), hand back the rest.
+
+        A plain activity still running is handed back but cannot be interrupted: its thread runs
+        to the end and its result is discarded, so the call may run twice.
+        """
         if not self._tasks:
             return
         self._stopping = True
@@ -259,7 +288,10 @@ class Worker:
         executor = self._take_cached(item)
         past: list[h.HistoryEvent] = []
         if executor is None:  # cache miss: replay the stored history
-            past = item.history if item.history is not None else await backend.get_history(item.instance_id)
+            if item.history is not None:
+                past = item.history
+            elif item.history_length:
+                past = await backend.get_history(item.instance_id)
             executor = OrchestrationExecutor(fn, instance_id=item.instance_id)
         try:
             result = executor.execute(past, item.new_events)

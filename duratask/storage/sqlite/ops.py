@@ -198,18 +198,21 @@ def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bo
     activities, sub-orchestrations, then outgoing messages), so the batch has the effect of its
     commits applied one after another.
     """
-    identities = _live_leases(tx, commits)
+    leases = _live_leases(tx, commits)
     accepted: list[bool] = []
     applied: list[OrchestrationCommit] = []
     renamed: list[OrchestrationCommit] = []
     for commit in commits:
         instance = commit.instance
-        held = identities.pop((instance.instance_id, commit.token), None)  # a lease settles once
+        held = leases.pop((instance.instance_id, commit.token), None)  # a lease settles once
         accepted.append(held is not None)
         if held is not None:
+            status, identity = held
             applied.append(commit)
-            if held != _identity(tx.taskhub, instance):
+            if identity != _identity(tx.taskhub, instance):
                 renamed.append(commit)
+            if status != instance.status.value:  # only status changes wake instance waiters
+                tx.notify(instance_topic(instance.instance_id))
     if applied:
         _apply(tx, applied, renamed)
     return accepted
@@ -223,13 +226,15 @@ def _identity(taskhub: str, instance: InstanceRecord) -> tuple[object, ...]:
 _IDENTITY_COLUMNS = ("name", "created_at", "parent_instance_id", "parent_task_id")
 
 
-def _live_leases(tx: Tx, commits: list[OrchestrationCommit]) -> dict[tuple[str, str], tuple[object, ...]]:
-    """(instance id, token) of each live lease among the commits' instances -> the row's identity columns."""
+def _live_leases(
+    tx: Tx, commits: list[OrchestrationCommit]
+) -> dict[tuple[str, str], tuple[int, tuple[object, ...]]]:
+    """(instance id, token) of each live lease among the commits' instances -> (status, identity columns)."""
     instance_ids = json.dumps(sorted({commit.instance.instance_id for commit in commits}))
     rows = tx.conn.execute(Q.instance_leases, {"taskhub": tx.taskhub, "instance_ids": instance_ids})
     return {
-        (instance_id, token): tuple(identity)
-        for instance_id, token, expires, *identity in rows
+        (instance_id, token): (status, tuple(identity))
+        for instance_id, token, expires, status, *identity in rows
         if token is not None and expires > tx.now
     }
 
@@ -259,7 +264,6 @@ def _apply(tx: Tx, commits: list[OrchestrationCommit], renamed: list[Orchestrati
     conn.executemany(Q.update_instance_and_release, [instance_params(taskhub, c.instance) for c in commits])
     conn.executemany(Q.update_instance_identity, [instance_params(taskhub, c.instance) for c in renamed])
     conn.executemany(Q.consume_messages, keys)
-    tx.notify(*(instance_topic(c.instance.instance_id) for c in commits))
 
     activities = [task for c in commits for task in c.activities]
     if activities:

@@ -135,7 +135,7 @@ WHERE m.taskhub = :taskhub AND m.instance_id IN (SELECT value FROM json_each(:in
 ORDER BY m.id;
 
 -- name: instance_leases
-SELECT instance_id, lease_token, lease_expires, name, created_at, parent_instance_id, parent_task_id
+SELECT instance_id, lease_token, lease_expires, status, name, created_at, parent_instance_id, parent_task_id
 FROM instances
 WHERE taskhub = :taskhub AND instance_id IN (SELECT value FROM json_each(:instance_ids));
 
