@@ -26,9 +26,12 @@ from .serialization import to_json
 class DurableTaskClient:
     """Manages orchestration instances on the task hub a connection string names.
 
-    ``connection_string`` is any form of SPEC §1; ``None`` reads ``DURATASK_CONNECTION_STRING``,
-    else uses ``sqlite:///duratask.db``. Use ``async with DurableTaskClient(...) as client:``, or
-    call ``close()``; the connection opens lazily on first use.
+    ``connection_string`` is ``sqlite:///path.db``, ``memory://``, ``postgresql://...`` or
+    ``Endpoint=...;TaskHub=...;Authentication=...``; ``None`` reads ``DURATASK_CONNECTION_STRING``,
+    else uses ``sqlite:///duratask.db``. ``backend`` replaces the string with an opened Backend
+    (tests, embedding; the client then does not close it). Use
+    ``async with DurableTaskClient(...) as client:``, or call ``close()``; the connection opens
+    lazily on first use.
     """
 
     def __init__(self, connection_string: str | None = None, *, backend: Backend | None = None) -> None:
@@ -93,14 +96,21 @@ class DurableTaskClient:
     async def wait_for_instance_start(
         self, instance_id: str, get_inputs_and_outputs: bool = False, *, timeout: float | None = None
     ) -> OrchestrationMetadata | None:
-        """Wait until the instance leaves PENDING; ``TimeoutError`` after ``timeout`` seconds."""
+        """Wait until the instance leaves PENDING; ``TimeoutError`` after ``timeout`` seconds.
+
+        Returns its metadata, or ``None`` if it does not exist (or was purged meanwhile).
+        """
         backend = await self._b()
         return await backend.wait_for_instance(instance_id, "start", get_inputs_and_outputs, timeout)
 
     async def wait_for_instance_completion(
         self, instance_id: str, get_inputs_and_outputs: bool = False, *, timeout: float | None = None
     ) -> OrchestrationMetadata | None:
-        """Wait until the instance is COMPLETED, FAILED, TERMINATED or CANCELED."""
+        """Wait until the instance is COMPLETED, FAILED, TERMINATED or CANCELED.
+
+        Returns its metadata, or ``None`` if it does not exist (or was purged meanwhile); raises
+        ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+        """
         backend = await self._b()
         return await backend.wait_for_instance(instance_id, "completion", get_inputs_and_outputs, timeout)
 
@@ -109,31 +119,54 @@ class DurableTaskClient:
         return await (await self._b()).query_instances(query or OrchestrationQuery())
 
     async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
-        """Send an external event; raises ``InstanceStateError`` if the instance has finished."""
+        """Queue an external event for the instance (event names match case-insensitively).
+
+        Raises ``OrchestrationNotFoundError`` for an unknown instance, ``InstanceStateError`` for
+        a finished one.
+        """
         await (await self._b()).raise_event(instance_id, event_name, to_json(event_data))
 
     async def terminate_instance(
         self, instance_id: str, output: Any = None, *, recursive: bool = True
     ) -> None:
-        """Terminate the instance (and its sub-orchestrations); a finished instance is left as is."""
+        """Terminate the instance with ``output`` (and, if ``recursive``, its sub-orchestrations).
+
+        The request is queued and takes effect at the instance's next episode; a finished instance
+        is left as is. Raises ``OrchestrationNotFoundError`` for an unknown instance.
+        """
         await (await self._b()).terminate(instance_id, to_json(output), recursive)
 
     async def suspend_instance(self, instance_id: str, reason: str | None = None) -> None:
-        """Pause the instance: events and timers wait until it is resumed."""
+        """Pause the instance: events and timers wait until it is resumed; ``reason`` goes to history.
+
+        Raises ``OrchestrationNotFoundError`` for an unknown instance, ``InstanceStateError`` for
+        a finished one.
+        """
         await (await self._b()).suspend(instance_id, reason)
 
     async def resume_instance(self, instance_id: str, reason: str | None = None) -> None:
-        """Resume a suspended instance; what waited is applied in order."""
+        """Resume a suspended instance; what waited is applied in order. ``reason`` goes to history.
+
+        Raises ``OrchestrationNotFoundError`` for an unknown instance, ``InstanceStateError`` for
+        a finished one.
+        """
         await (await self._b()).resume(instance_id, reason)
 
     async def purge_instance(self, instance_id: str, *, recursive: bool = True) -> PurgeResult:
-        """Delete a finished instance with its history (and its sub-orchestrations')."""
+        """Delete a finished instance with its history (and its finished sub-orchestrations').
+
+        ``recursive=False`` leaves the sub-orchestrations. Raises ``InstanceStateError`` if the
+        instance has not finished, ``OrchestrationNotFoundError`` if it does not exist.
+        """
         return PurgeResult(await (await self._b()).purge(instance_id, recursive))
 
     async def purge_all_instances(self, filter: PurgeInstancesFilter) -> PurgeResult:
-        """Delete every finished instance matching ``filter``."""
+        """Delete every finished instance matching ``filter`` (an empty filter: all of them)."""
         return PurgeResult(await (await self._b()).purge_matching(filter))
 
     async def get_orchestration_history(self, instance_id: str) -> list[HistoryEvent]:
-        """The instance's history events, oldest first."""
+        """The instance's history events (``duratask.history``), oldest first.
+
+        Raises ``OrchestrationNotFoundError`` for an unknown instance.
+        """
         return await (await self._b()).get_history(instance_id)

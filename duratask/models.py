@@ -26,6 +26,7 @@ class OrchestrationRuntimeStatus(enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED, CANCELED and TERMINATED: the instance will not change again."""
         return self in _TERMINAL
 
 
@@ -41,7 +42,14 @@ TERMINAL_STATUSES = _TERMINAL
 
 
 class TaskFailureDetails(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Why a task or an orchestration failed."""
+    """Why a task or an orchestration failed.
+
+    ``error_type`` is the exception's qualified type name (``ValueError``, ``myapp.CardDeclined``),
+    ``error_message`` its ``str()``, ``stack_trace`` the formatted traceback, ``inner_failure``
+    the failure that caused this one (set when the exception was itself a ``TaskFailedError``).
+    ``is_non_retriable`` marks a failure that retry policies must not retry (set by schedulers
+    and other SDKs; duratask's own worker leaves it false).
+    """
 
     error_type: str
     error_message: str
@@ -52,7 +60,8 @@ class TaskFailureDetails(msgspec.Struct, frozen=True, kw_only=True, omit_default
 
 @dataclass(frozen=True)
 class StartOrchestrationOptions:
-    """Options of ``schedule_new_orchestration_instance``."""
+    """Options of ``schedule_new_orchestration_instance``: the instance id (default: a new random
+    one) and a start time (``start_at`` in the future keeps the instance PENDING until then)."""
 
     instance_id: str | None = None
     start_at: datetime | None = None
@@ -77,15 +86,18 @@ class OrchestrationMetadata:
     parent_instance_id: str | None = None
 
     def read_input_as(self, type_: type[T]) -> T | None:
-        """Decode the input as ``type_`` (a dataclass, pydantic model, datetime, ...)."""
+        """Decode the input as ``type_`` (a dataclass, pydantic model, datetime, ...).
+
+        ``None`` when there is no input, or it was not fetched (``get_inputs_and_outputs=False``).
+        """
         return _decode(self.serialized_input, type_)
 
     def read_output_as(self, type_: type[T]) -> T | None:
-        """Decode the output as ``type_``."""
+        """Decode the output as ``type_``; ``None`` when there is none or it was not fetched."""
         return _decode(self.serialized_output, type_)
 
     def read_custom_status_as(self, type_: type[T]) -> T | None:
-        """Decode the custom status as ``type_``."""
+        """Decode the custom status as ``type_``; ``None`` when there is none or it was not fetched."""
         return _decode(self.serialized_custom_status, type_)
 
 
@@ -125,7 +137,10 @@ class OrchestrationQueryResult:
 
 @dataclass(frozen=True)
 class PurgeInstancesFilter:
-    """Which terminal instances ``purge_all_instances`` removes; all given filters must hold."""
+    """Which terminal instances ``purge_all_instances`` removes; all given filters must hold.
+
+    Times are inclusive bounds on the creation time. An empty filter matches every terminal instance.
+    """
 
     created_from: datetime | None = None
     created_to: datetime | None = None

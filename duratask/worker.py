@@ -45,10 +45,10 @@ class ActivityContext:
     """What an activity knows about the call that started it (its first argument).
 
     ``orchestration_id`` is the calling instance's id, ``task_id`` the call's step number in that
-    orchestration (``f"{orchestration_id}:{task_id}"`` is the same for every delivery of one call,
-    a good idempotency key), ``task_name`` the name it was called by. ``attempt`` counts deliveries
-    of this call to a worker: 1, or more after a crash or hand-back (not ``RetryPolicy`` attempts,
-    which are new calls; always 1 over an ``Endpoint=`` connection).
+    orchestration (the pair is the same for every delivery of one call, though step numbers start
+    again after a continue-as-new), ``task_name`` the name it was called by. ``attempt`` counts
+    deliveries of this call to a worker: 1, or more after a crash or hand-back (not ``RetryPolicy``
+    attempts, which are new calls; always 1 over an ``Endpoint=`` connection).
     """
 
     orchestration_id: str

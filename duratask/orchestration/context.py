@@ -84,6 +84,7 @@ class OrchestrationContext:
 
     @property
     def instance_id(self) -> str:
+        """The id of the instance this orchestrator runs for."""
         return self._instance_id
 
     @property
@@ -120,7 +121,11 @@ class OrchestrationContext:
         instance_id: str | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> Task[Any]:
-        """Start a child orchestration; by default its id is derived from ours and the step number."""
+        """Start a child orchestration; the task's result is its output.
+
+        The output is decoded with the function's return annotation. By default the child's id is
+        ours, ``:`` and the step number in four hex digits (the same on every replay).
+        """
         name = name_of(fn_or_name)
         encoded_input = to_json(input)
 
@@ -143,7 +148,10 @@ class OrchestrationContext:
         )
 
     def wait_for_external_event(self, name: str) -> Task[Any]:
-        """A task completed by the next event of this name (case-insensitive; first come first served)."""
+        """A task completed by the next event of this name (case-insensitive; first come first served).
+
+        Events that arrived before anyone waited are kept in order. The result is plain JSON.
+        """
         key = name.casefold()
         task: CompletableTask[Any] = CompletableTask()
         for index, event in enumerate(self._unclaimed_events):
@@ -162,6 +170,7 @@ class OrchestrationContext:
         self._continue_as_new = ContinueAsNewRequest(to_json(input), save_events)
 
     def set_custom_status(self, value: Any) -> None:
+        """Attach a JSON-serializable value to the instance, visible to clients; saved with each episode."""
         self._custom_status = to_json(value)
 
     def new_uuid(self) -> uuid.UUID:

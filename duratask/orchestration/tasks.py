@@ -138,7 +138,10 @@ def when_all(tasks: Iterable[Task[T]]) -> Task[list[T]]:
 
 
 def when_any(tasks: Iterable[Task[Any]]) -> Task[Task[Any]]:
-    """A task whose result is the first of ``tasks`` to complete (the ``Task`` object itself)."""
+    """A task whose result is the first of ``tasks`` to complete (the ``Task`` object itself).
+
+    The winner may have failed: its ``get_result()`` then raises. An empty ``tasks`` is a ``ValueError``.
+    """
     return WhenAnyTask(_as_task_list(tasks, "when_any"))
 
 
@@ -154,9 +157,11 @@ def _as_task_list(tasks: Iterable[Task[Any]], caller: str) -> list[Task[Any]]:
 class RetryPolicy:
     """How an activity or sub-orchestration is retried after a failure.
 
-    The delay before attempt ``n + 1`` is ``first_retry_interval * backoff_coefficient ** (n - 1)``,
-    capped by ``max_retry_interval``. No attempt starts once ``retry_timeout`` has passed since the
-    first one was scheduled. Delays are durable timers, so they survive restarts.
+    ``max_number_of_attempts`` counts every attempt, the first included. The delay before attempt
+    ``n + 1`` is ``first_retry_interval * backoff_coefficient ** (n - 1)``, capped by
+    ``max_retry_interval``. A failure that arrives once ``retry_timeout`` has passed since the first
+    attempt was scheduled (orchestration time), or that is marked non-retriable, is not retried.
+    Delays are durable timers, so they survive restarts. Invalid fields raise ``ValueError``.
     """
 
     first_retry_interval: timedelta
