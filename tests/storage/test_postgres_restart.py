@@ -13,7 +13,7 @@ from duratask.storage.base import InstanceFilter
 from duratask.storage.postgres import PostgresStorage
 from tests.pgserver import PostgresServer
 
-from .builders import LONG, activity, commit_of, completion, create, lease_only
+from .builders import LONG, activity, commit_of, completion, create, lease_only, message, raised
 
 TIMEOUT = 30.0
 
@@ -64,6 +64,21 @@ async def test_work_goes_on_after_a_restart(
     lease = await lease_only(one)
     assert await one.commit_orchestrations([commit_of(lease, status=Status.COMPLETED)]) == [True]
     assert await other.notifier.wait(woken, TIMEOUT)
+
+
+async def test_a_write_that_is_not_replay_safe_survives_a_restart_exactly_once(
+    pg_private_server: PostgresServer, two: tuple[PostgresStorage, PostgresStorage]
+) -> None:
+    one, _ = two
+    await create(one, "a")
+    lease = await lease_only(one)
+    assert await one.commit_orchestrations([commit_of(lease)]) == [True]
+    await _restart(pg_private_server, "immediate")
+
+    # The pooled connection is dead: the enqueue fails before its COMMIT, and is retried.
+    event = raised("after-restart")
+    await one.enqueue([message("a", event)])
+    assert (await lease_only(one)).new_events == [event]
 
 
 async def test_a_reconnected_listener_wakes_its_workers_once(

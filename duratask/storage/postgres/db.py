@@ -92,7 +92,7 @@ def notification_payloads(origin: str, topics: set[str] | list[str]) -> list[str
 _PIPELINES = psycopg.AsyncPipeline.is_supported()
 
 
-def _pipeline(conn: Connection) -> contextlib.AbstractAsyncContextManager[object]:
+def _pipeline(conn: Connection) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncPipeline | None]:
     """Pipeline mode (libpq 14+): a write's statements travel together and the client waits only
     where it reads a result, so a group commit costs three round trips rather than ten."""
     return conn.pipeline() if _PIPELINES else contextlib.nullcontext()
@@ -172,7 +172,8 @@ class Database:
 
     async def write(self, fn: Callable[[Tx], Awaitable[T]], *, replay_safe: bool) -> T:
         """Run ``fn`` in one transaction, then send its notifications (also in it) and wake this process."""
-        return await self._retrying(fn, self._write_once, replay_safe=replay_safe)
+        once = self._write_once if replay_safe else self._write_once_synced
+        return await self._retrying(fn, once, replay_safe=replay_safe)
 
     async def write_statement(self, fn: Callable[[Tx], Awaitable[T]], *, replay_safe: bool) -> T:
         """Run ``fn``, which executes exactly one statement and notifies nobody, as its own transaction:
@@ -183,14 +184,24 @@ class Database:
         async with self.pool.connection() as conn:
             return await fn(conn)
 
-    async def _write_once(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
-        async with self.pool.connection() as conn, _pipeline(conn):
+    async def _write_once_synced(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
+        return await self._write_once(fn, progress, sync_before_commit=True)
+
+    async def _write_once(
+        self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool], sync_before_commit: bool = False
+    ) -> T:
+        async with self.pool.connection() as conn, _pipeline(conn) as pipeline:
             tx = Tx(conn, self.taskhub)
             async with conn.transaction():
                 result = await fn(tx)
                 if tx.topics:
                     payloads = notification_payloads(self.origin, tx.topics)
                     await conn.execute(Q.notify, {"channel": self.channel, "payloads": payloads})
+                if sync_before_commit and pipeline is not None:
+                    # In a pipeline a broken connection shows only when results are awaited: wait
+                    # for them before COMMIT goes out, so such a failure is known to be pre-commit
+                    # and the write can be retried (one more round trip, for writes not replay-safe).
+                    await pipeline.sync()
                 progress.append(True)  # from here on, a failure may hide a commit
         if tx.topics:
             self._on_commit(tx.topics)
