@@ -5,7 +5,8 @@ wake other processes through LISTEN/NOTIFY. The schema lives in numbered ``migra
 (applied at open, or by ``migrate(url)``) and the statements in ``queries.sql``.
 """
 
-from .migrations import SchemaVersionError, migrate
+from ...errors import SchemaVersionError
+from .migrations import migrate
 from .storage import PostgresStorage, open_postgres_storage
 
 __all__ = ["PostgresStorage", "SchemaVersionError", "migrate", "open_postgres_storage"]

@@ -14,7 +14,7 @@ from importlib import resources
 
 import psycopg
 
-from ...errors import DurableTaskError
+from ...errors import SchemaVersionError
 from .db import Connection, connect
 from .sql import Q
 
@@ -22,10 +22,6 @@ _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 #: pg_advisory_xact_lock key of duratask's migrations ("duratask" as a big-endian 64-bit integer).
 MIGRATION_LOCK_KEY = int.from_bytes(b"duratask", "big")
-
-
-class SchemaVersionError(DurableTaskError, RuntimeError):
-    """The database's schema is not the one this duratask expects: newer, or not migrated yet."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from .rows import INSTANCE_COLUMNS, instance_from_row, instance_params, utc
 from .sql import Q
 
 #: Rows the orchestration lease scan may lock per leased instance: an instance with several visible
-#: messages shows up once per message, and the extra rows are released at commit.
+#: messages shows up once per message. Rows locked but not leased are free again when the lease
+#: statement ends.
 _SCAN_FACTOR = 4
 
 
@@ -87,8 +88,11 @@ async def create_instance(tx: Tx, new: NewInstance) -> None:
 async def create_instances(tx: Tx, news: list[NewInstance]) -> set[str]:
     """Create each instance unless an unfinished one has its id (a terminal one is replaced, with its
     history, inbox and activities); returns the ids created. The first of duplicate ids wins."""
-    unique = list({new.record.instance_id: new for new in reversed(news)}.values())[::-1]
-    ids = [new.record.instance_id for new in unique]
+    by_id: dict[str, NewInstance] = {}
+    for new in news:
+        by_id.setdefault(new.record.instance_id, new)
+    unique = list(by_id.values())
+    ids = list(by_id)
     rows = await _all(tx.conn, Q.lock_instance_statuses, {"taskhub": tx.taskhub, "instance_ids": ids})
     existing = {instance_id: OrchestrationRuntimeStatus(status) for instance_id, status in rows}
     finished = [instance_id for instance_id, status in existing.items() if status.is_terminal]
@@ -210,14 +214,15 @@ async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> l
         )
     }
     accepted: list[tuple[OrchestrationCommit, int]] = []
+    applied: set[str] = set()  # a second commit of one instance in the batch finds its lease released
     results: list[bool] = []
     for commit in commits:
-        held = live.pop(commit.instance.instance_id, None)  # pop: a second commit of one instance fails
-        ok = held is not None and held[0] == commit.token
-        if held is not None and not ok:
-            live[commit.instance.instance_id] = held
+        instance_id = commit.instance.instance_id
+        held = live.get(instance_id)
+        ok = held is not None and held[0] == commit.token and instance_id not in applied
         results.append(ok)
         if ok and held is not None:
+            applied.add(instance_id)
             accepted.append((commit, held[1]))
     if accepted:
         await _apply(tx, accepted)
