@@ -108,7 +108,7 @@ class InFlight:
     item: OrchestrationWorkItem | ActivityWorkItem
     stream: WorkerStream
     #: for orchestrations: the event ids the history already gave a scheduling event, by kind
-    scheduled: dict[int, type] = field(default_factory=dict)
+    scheduled: dict[int, Scheduled] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,24 +132,55 @@ _ENDING_STATUSES = frozenset(
 )
 
 
-def scheduled_ids(events: Iterable[h.HistoryEvent]) -> dict[int, type]:
-    return {e.event_id: type(e) for e in events if isinstance(e, _SCHEDULING_EVENTS)}
+@dataclass(frozen=True)
+class Scheduled:
+    """What the history records under one task id: the kind of its scheduling event, and whether
+    its last attempt failed (a retry policy may then schedule the same task under the same id)."""
+
+    kind: type
+    failed: bool = False
 
 
-def validate_orchestrator_actions(actions: list[h.OrchestratorAction], scheduled: dict[int, type]) -> None:
+_FAILURE_OF: dict[type, type] = {
+    h.TaskFailed: h.TaskScheduled,
+    h.SubOrchestrationInstanceFailed: h.SubOrchestrationInstanceCreated,
+}
+
+
+def scheduled_ids(events: Iterable[h.HistoryEvent]) -> dict[int, Scheduled]:
+    table: dict[int, Scheduled] = {}
+    for e in events:
+        if isinstance(e, _SCHEDULING_EVENTS):
+            table[e.event_id] = Scheduled(type(e))
+        elif isinstance(e, (h.TaskFailed, h.SubOrchestrationInstanceFailed)):
+            recorded = table.get(e.task_scheduled_id)
+            if recorded is not None and recorded.kind is _FAILURE_OF[type(e)]:
+                table[e.task_scheduled_id] = Scheduled(recorded.kind, failed=True)
+    return table
+
+
+def validate_orchestrator_actions(
+    actions: list[h.OrchestratorAction], scheduled: dict[int, Scheduled]
+) -> None:
     """Refuse (``INVALID_ARGUMENT``) actions that contradict the history the worker was given.
 
     A replaying worker re-creates the tasks its history records and only *new* ones become actions,
     so an action whose id the history already used for a task is a worker out of step with the
-    instance (or a forged response), as is one id used twice in one response.
+    instance (or a forged response), as is one id used twice in one response. The one exception
+    is a retry: the official SDKs schedule a failed activity or sub-orchestration again under its
+    first id.
     """
     seen: set[int] = set()
     for action in actions:
         event_kind = _SCHEDULING_EVENT_OF_ACTION.get(type(action))
         if event_kind is not None:
             recorded = scheduled.get(action.id)
-            if recorded is not None:
-                what = "the same task again" if recorded is event_kind else f"a {recorded.__name__} there"
+            if recorded is not None and not (recorded.kind is event_kind and recorded.failed):
+                what = (
+                    "the same task again"
+                    if recorded.kind is event_kind
+                    else f"a {recorded.kind.__name__} there"
+                )
                 raise invalid(
                     f"{type(action).__name__} action id {action.id} contradicts the history, which records "
                     f"{what}: the worker's replay is out of step with the instance"
@@ -313,7 +344,7 @@ class Dispatcher:
             return 1
         return max(1, min(self.settings.lease_batch, limit // 10))
 
-    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, type]]:
+    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, Scheduled]]:
         """Name and version to route by; for orchestrations, the full history goes into the item."""
         if kind == ACTIVITY:
             return item.name, item.version, {}
@@ -329,7 +360,7 @@ class Dispatcher:
         return item.name, version, scheduled_ids(history)
 
     def _route(
-        self, kind: Kind, item: Any, name: str, version: str | None, scheduled: dict[int, type]
+        self, kind: Kind, item: Any, name: str, version: str | None, scheduled: dict[int, Scheduled]
     ) -> None:
         stream = self._pick(kind, name, version)
         if stream is None:
@@ -346,7 +377,7 @@ class Dispatcher:
         roomy = [s for s in candidates if s.free(kind) == most_room]
         return roomy[next(self._round_robin) % len(roomy)]
 
-    def _send(self, kind: Kind, item: Any, stream: WorkerStream, scheduled: dict[int, type]) -> None:
+    def _send(self, kind: Kind, item: Any, stream: WorkerStream, scheduled: dict[int, Scheduled]) -> None:
         if kind == ORCHESTRATION:
             # One orchestration item per instance in flight: a newer lease supersedes an older one
             # (whose lease expired), and the older token goes stale.

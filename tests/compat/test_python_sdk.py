@@ -128,6 +128,49 @@ def rewindable_parent(ctx: task.OrchestrationContext, _: Any) -> Any:
     return f"{a}:{b}"
 
 
+def counter(ctx: task.OrchestrationContext, n: int) -> Any:
+    ctx.set_custom_status({"at": n})
+    if n < 3:
+        yield ctx.create_timer(timedelta(milliseconds=1))
+        ctx.continue_as_new(n + 1)
+        return None
+    return n
+
+
+ATTEMPTS: Counter[str] = Counter()
+
+
+def fails_twice(ctx: task.ActivityContext, key: str) -> str:
+    ATTEMPTS[key] += 1
+    if ATTEMPTS[key] < 3:
+        raise RuntimeError(f"attempt {ATTEMPTS[key]} failed")
+    return f"ok after {ATTEMPTS[key]}"
+
+
+def retrying(ctx: task.OrchestrationContext, key: str) -> Any:
+    policy = task.RetryPolicy(first_retry_interval=timedelta(milliseconds=100), max_number_of_attempts=3)
+    return (yield ctx.call_activity(fails_twice, input=key, retry_policy=policy))
+
+
+def event_or_timeout(ctx: task.OrchestrationContext, seconds: float) -> Any:
+    event = ctx.wait_for_external_event("go")
+    timeout = ctx.create_timer(timedelta(seconds=seconds))
+    winner = yield task.when_any([event, timeout])
+    return "event" if winner == event else "timeout"
+
+
+def failing_child(ctx: task.OrchestrationContext, _: Any) -> Any:
+    yield ctx.call_activity(boom)
+
+
+def catches_child_failure(ctx: task.OrchestrationContext, _: Any) -> Any:
+    try:
+        yield ctx.call_sub_orchestrator(failing_child, instance_id=f"{ctx.instance_id}-child")
+    except task.TaskFailedError as failure:
+        return f"caught: {failure.details.message}"
+    return "no failure"
+
+
 ORCHESTRATORS = [
     hello_cities,
     fan_out,
@@ -143,8 +186,13 @@ ORCHESTRATORS = [
     rewindable,
     flaky_child,
     rewindable_parent,
+    counter,
+    retrying,
+    event_or_timeout,
+    failing_child,
+    catches_child_failure,
 ]
-ACTIVITIES = [say_hello, square, boom, steady, flaky]
+ACTIVITIES = [say_hello, square, boom, steady, flaky, fails_twice]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -438,6 +486,38 @@ def test_task_hubs_are_separate(server: ServerThread, flavour: str) -> None:
     finally:
         for c in (default, other, unknown):
             c.close()
+
+
+def test_continue_as_new_and_custom_status(client: Any) -> None:
+    instance_id = client.schedule_new_orchestration(counter, input=0)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() == 3
+    assert state.get_input() == 3  # the input of the last execution
+    assert state.get_custom_status() == {"at": 3}
+
+
+def test_activity_retry_policy(client: Any, flavour: str) -> None:
+    state = completed(client, client.schedule_new_orchestration(retrying, input=f"retry-{flavour}"))
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert state.get_output() == "ok after 3"
+
+
+def test_when_any_event_or_timeout(client: Any) -> None:
+    timed_out = client.schedule_new_orchestration(event_or_timeout, input=0.5)
+    answered = client.schedule_new_orchestration(event_or_timeout, input=30)
+    client.wait_for_orchestration_start(answered, timeout=TIMEOUT)
+    client.raise_orchestration_event(answered, "go")
+    assert completed(client, answered).get_output() == "event"
+    assert completed(client, timed_out).get_output() == "timeout"
+
+
+def test_sub_orchestration_failure_reaches_the_parent(client: Any) -> None:
+    instance_id = client.schedule_new_orchestration(catches_child_failure)
+    state = completed(client, instance_id)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED
+    assert "kaboom" in state.get_output()
+    assert completed(client, f"{instance_id}-child").runtime_status == OrchestrationStatus.FAILED
 
 
 def wait_for_status(client: Any, instance_id: str, status: Any, timeout: float = TIMEOUT) -> Any:

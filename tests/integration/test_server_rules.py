@@ -103,6 +103,33 @@ def test_actions_that_contradict_history_are_refused(actions: list[h.Orchestrato
     assert words in refused.value.message
 
 
+def test_a_failed_task_may_be_scheduled_again_under_its_id() -> None:
+    """Retry policies of the official SDKs reuse the first attempt's id."""
+    history = [
+        h.TaskScheduled(timestamp=NOW, event_id=1, name="a"),
+        h.TaskFailed(timestamp=NOW, task_scheduled_id=1, failure=FAILURE),
+        h.SubOrchestrationInstanceCreated(timestamp=NOW, event_id=2, instance_id="c", name="o"),
+        h.SubOrchestrationInstanceFailed(timestamp=NOW, task_scheduled_id=2, failure=FAILURE),
+        h.TimerCreated(timestamp=NOW, event_id=3, fire_at=NOW),
+        h.TaskScheduled(timestamp=NOW, event_id=4, name="b"),
+        h.TaskCompleted(timestamp=NOW, task_scheduled_id=4, result="1"),
+    ]
+    scheduled = scheduled_ids(history)
+    validate_orchestrator_actions([h.ScheduleTask(id=1, name="a")], scheduled)
+    validate_orchestrator_actions([h.CreateSubOrchestration(id=2, instance_id="c", name="o")], scheduled)
+    for not_a_retry in (
+        h.CreateTimer(id=1, fire_at=NOW),
+        h.ScheduleTask(id=4, name="b"),
+        h.CreateTimer(id=3, fire_at=NOW),
+    ):
+        with pytest.raises(RpcError):
+            validate_orchestrator_actions([not_a_retry], scheduled)
+    # Scheduled again, the id is open again: a second action for it is a contradiction.
+    again = scheduled_ids([*history, h.TaskScheduled(timestamp=NOW, event_id=1, name="a")])
+    with pytest.raises(RpcError):
+        validate_orchestrator_actions([h.ScheduleTask(id=1, name="a")], again)
+
+
 # --- rewind --------------------------------------------------------------------------------------
 
 FAILED_HISTORY: list[h.HistoryEvent] = [
