@@ -14,12 +14,16 @@ Every error duratask raises on purpose derives from ``DurableTaskError``::
     ├── InstanceStateError             an operation the instance's state does not allow (e.g. raising an
     │                                  event to a finished instance, purging a running one)
     ├── LeaseLostError                 a completion whose lease expired or was taken over
-    └── UnauthenticatedError           the server refused the credentials
+    ├── SchemaVersionError             the database schema is newer than this code, or not migrated
+    ├── UnauthenticatedError           the server refused the credentials
+    └── RemoteCallError                a call to a scheduler server failed (``Endpoint=...``)
+        ├── SchedulerUnavailableError  the server cannot be reached (also a ``ConnectionError``)
+        └── TaskHubNotFoundError       the server does not serve that task hub (also a ``LookupError``)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import TaskFailureDetails
@@ -91,3 +95,24 @@ class LeaseLostError(DurableTaskError):
 
 class UnauthenticatedError(DurableTaskError, PermissionError):
     """The scheduler refused the request's credentials."""
+
+
+class SchemaVersionError(DurableTaskError, RuntimeError):
+    """The database's schema is not the one this duratask expects: newer, or not migrated yet."""
+
+
+class RemoteCallError(DurableTaskError):
+    """A call to the scheduler failed in a way no more specific duratask error describes."""
+
+    def __init__(self, message: str, code: Any = None) -> None:
+        super().__init__(message)
+        #: The ``grpc.StatusCode`` of the failed call, when there was one.
+        self.code = code
+
+
+class SchedulerUnavailableError(RemoteCallError, ConnectionError):
+    """The scheduler cannot be reached: not running, wrong address, or the network is down."""
+
+
+class TaskHubNotFoundError(RemoteCallError, LookupError):
+    """The scheduler does not serve the task hub the connection string names."""

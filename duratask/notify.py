@@ -3,7 +3,8 @@
 A waiter parks on a topic ("orchestrations", "activities", "instance:ID"); ``notify`` wakes every
 waiter of that topic, whichever thread or event loop it runs in. Storages call ``notify`` after a
 commit, so a waiting client or idle worker in the same process reacts at once instead of polling.
-Across processes the backend falls back to polling with backoff (SQLite) or LISTEN/NOTIFY (PostgreSQL).
+Across processes, a SQLite storage watches ``PRAGMA data_version`` and wakes all waiters when
+another process committed; PostgreSQL relays LISTEN/NOTIFY here; polling is only a safety net.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Backend seam: the one async API that the client, worker, CLI, dashboard and gRPC server call.
 
 ``LocalBackend`` (``backend/local.py``) implements it over a ``Storage`` and owns every decision;
-``RemoteBackend`` (``backend/remote.py``) implements it over the Durable Task gRPC protocol.
+``RemoteBackend`` (``backend/remote/``) implements it over the Durable Task gRPC protocol.
 Payloads crossing this seam are JSON text (``str``) or ``None``: serialization happens above it.
 """
 

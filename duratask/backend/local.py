@@ -353,7 +353,7 @@ class LocalBackend:
                     execution_id=lease.instance.execution_id,
                     name=lease.instance.name,
                     token=lease.token,
-                    new_events=[h.OrchestratorStarted(timestamp=now), *lease.new_events],
+                    new_events=[h.OrchestratorStarted(timestamp=now), *_start_first(lease)],
                     history_length=lease.history_length,
                 )
             )
@@ -382,24 +382,52 @@ class LocalBackend:
             if lease is None:
                 commits.append(_fenced_out(item))
                 continue
-            actions = self._enforce_payload_limits(result)
+            result = self._enforce_payload_limits(result)
             commit = runtime_state.plan_episode(
-                lease.instance, item.token, item.new_events, actions, result.custom_status, now
+                lease.instance, item.token, item.new_events, result.actions, result.custom_status, now
             )
             commits.append(commit)
+        await self._refuse_clashing_sub_orchestrations(commits)
         await self._terminate_children_of_terminated(commits, done)
         return await self.storage.commit_orchestrations(commits)
 
-    def _enforce_payload_limits(self, result: OrchestrationResult) -> list[h.OrchestratorAction]:
-        """An oversized payload fails the instance instead of being stored."""
+    def _enforce_payload_limits(self, result: OrchestrationResult) -> OrchestrationResult:
+        """An oversized payload (or custom status) fails the instance instead of being stored."""
+        failure = self._oversized("custom status", result.custom_status)
         for action in result.actions:
-            payload = _payload_of(action)
-            failure = self._oversized(f"{type(action).__name__} payload", payload)
-            if failure is None:
-                failure = self._oversized("custom status", result.custom_status)
-            if failure is not None:
-                return [h.CompleteOrchestration(id=action.id, status=Status.FAILED, failure=failure)]
-        return list(result.actions)
+            failure = failure or self._oversized(f"{type(action).__name__} payload", _payload_of(action))
+        if failure is None:
+            return result
+        return OrchestrationResult(
+            actions=[h.CompleteOrchestration(id=-1, status=Status.FAILED, failure=failure)],
+            custom_status=None,
+        )
+
+    async def _refuse_clashing_sub_orchestrations(self, commits: list[OrchestrationCommit]) -> None:
+        """A sub-orchestration whose id an unfinished instance holds fails in its parent at once,
+        instead of leaving the parent waiting for a child that was never created."""
+        for commit in commits:
+            for new in list(commit.new_instances):
+                existing = await self.storage.get_instance(new.record.instance_id)
+                if existing is None or existing.status.is_terminal:
+                    continue
+                commit.new_instances.remove(new)
+                failure = TaskFailureDetails(
+                    error_type="duratask.OrchestrationAlreadyExistsError",
+                    error_message=f"cannot start sub-orchestration {new.record.instance_id!r}: "
+                    f"an instance with that id is {existing.status.name}",
+                )
+                task_id = new.record.parent_task_id
+                refused = h.SubOrchestrationInstanceFailed(
+                    timestamp=new.visible_at,
+                    task_scheduled_id=-1 if task_id is None else task_id,
+                    failure=failure,
+                )
+                commit.messages.append(
+                    InboxMessage(
+                        instance_id=commit.instance.instance_id, event=refused, visible_at=new.visible_at
+                    )
+                )
 
     async def _terminate_children_of_terminated(
         self,
@@ -542,6 +570,19 @@ class LocalBackend:
 
 
 _TOPICS: dict[WorkKind, str] = {"orchestration": ORCHESTRATIONS, "activity": ACTIVITIES}
+
+
+def _start_first(lease: OrchestrationLease) -> list[h.HistoryEvent]:
+    """A new execution's events with its ExecutionStarted first.
+
+    After continue-as-new, events that arrived while the last episode ran sit in the inbox ahead
+    of the new ExecutionStarted; they belong to the new execution, after its carried-over events.
+    """
+    events = lease.new_events
+    if lease.history_length:
+        return events
+    start = next((i for i, e in enumerate(events) if isinstance(e, h.ExecutionStarted)), 0)
+    return [*events[start:], *events[:start]] if start else events
 
 
 def _reached(status: Status, until: WaitUntil) -> bool:

@@ -1,4 +1,4 @@
-"""Persistence behind the ``Storage`` seam (``base.py``): SQLite (``sqlite/``), PostgreSQL later.
+"""Persistence behind the ``Storage`` seam (``base.py``): SQLite (``sqlite/``) and PostgreSQL (``postgres/``).
 
 Implementations are imported from their own packages (``duratask.storage.sqlite``) so that using
 one never imports another's driver.

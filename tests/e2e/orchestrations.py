@@ -158,6 +158,29 @@ async def sends_event(ctx: OrchestrationContext, target: str) -> str:
     return "sent"
 
 
+async def accumulate(ctx: OrchestrationContext, total: int) -> int:
+    """Adds the values of "add" events, one per execution, until "stop"."""
+    value = await ctx.wait_for_external_event("add")
+    if value == "stop":
+        return total
+    ctx.continue_as_new(total + value, save_events=True)
+    return total
+
+
+async def clashing_child(ctx: OrchestrationContext, taken_id: str) -> str:
+    try:
+        await ctx.call_sub_orchestrator(wait_for_approval, None, instance_id=taken_id)
+    except TaskFailedError as exc:
+        return f"refused: {exc.details.error_message}"
+    return "not refused"
+
+
+async def big_custom_status(ctx: OrchestrationContext, n: int) -> str:
+    ctx.set_custom_status("s" * n)
+    await ctx.create_timer(timedelta(milliseconds=1))
+    return "done"
+
+
 def register_all(worker: Worker) -> Worker:
     for activity in (say_hello, double, fail_always, flaky, price):
         worker.add_activity(activity)
@@ -178,6 +201,9 @@ def register_all(worker: Worker) -> Worker:
         calls_unknown_activity,
         uuids,
         sends_event,
+        accumulate,
+        clashing_child,
+        big_custom_status,
     ):
         worker.add_orchestrator(orchestrator)
     return worker

@@ -127,3 +127,11 @@ async def test_unserializable_input_and_output(small_limit: DurableTaskClient) -
 async def test_bad_instance_ids(small_limit: DurableTaskClient, bad_id: str) -> None:
     with pytest.raises(InvalidInstanceIdError):
         await small_limit.schedule_new_orchestration_instance(o.hello_cities, instance_id=bad_id)
+
+
+async def test_oversized_custom_status_fails_instance_and_is_not_stored(small_limit: DurableTaskClient) -> None:
+    iid = await small_limit.schedule_new_orchestration_instance(o.big_custom_status, 5000)
+    meta = await small_limit.wait_for_instance_completion(iid, True, timeout=T)
+    assert meta is not None and meta.runtime_status is S.FAILED
+    assert meta.failure_details is not None and "custom status" in meta.failure_details.error_message
+    assert meta.serialized_custom_status is None

@@ -301,3 +301,24 @@ async def test_unknown_instance_operations(client: DurableTaskClient) -> None:
     ):
         with pytest.raises(OrchestrationNotFoundError):
             await op
+
+
+async def test_continue_as_new_carries_unprocessed_events_in_order(client: DurableTaskClient) -> None:
+    iid = await client.schedule_new_orchestration_instance(o.accumulate, 0)
+    for value in (1, 2, 3, "stop"):  # quickly: several arrive while an execution is finishing
+        await client.raise_event(iid, "add", value)
+    meta = await client.wait_for_instance_completion(iid, True, timeout=T)
+    assert meta is not None and meta.runtime_status is S.COMPLETED
+    assert meta.read_output_as(int) == 6
+
+
+async def test_sub_orchestration_id_held_by_a_running_instance_fails_in_the_parent(
+    client: DurableTaskClient,
+) -> None:
+    taken = await client.schedule_new_orchestration_instance(o.wait_for_approval)
+    await client.wait_for_instance_start(taken, timeout=T)
+    meta = await run(client, o.clashing_child, taken)
+    assert meta is not None and meta.runtime_status is S.COMPLETED
+    assert "refused" in meta.read_output_as(str) and taken in meta.read_output_as(str)  # type: ignore[operator]
+    still = await client.get_instance(taken)
+    assert still is not None and still.runtime_status is S.RUNNING

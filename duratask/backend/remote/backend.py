@@ -27,7 +27,7 @@ import grpc
 
 from ... import history as h
 from ...connection import RemoteTarget
-from ...errors import OrchestrationNotFoundError
+from ...errors import OrchestrationNotFoundError, RemoteCallError
 from ...models import (
     OrchestrationMetadata,
     OrchestrationQuery,
@@ -40,7 +40,7 @@ from ...protocol import convert, pb, pb_grpc
 from ..api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
 from ..local import validate_instance_id
 from .channel import call_metadata, open_channel
-from .errors import CallContext, RemoteCallError, error_from_rpc
+from .errors import CallContext, error_from_rpc
 from .work_stream import WorkItemStream
 
 log = logging.getLogger("duratask.backend.remote")

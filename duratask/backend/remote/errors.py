@@ -15,33 +15,18 @@ from typing import Any
 import grpc
 
 from ...errors import (
-    DurableTaskError,
     InstanceStateError,
     InvalidInstanceIdError,
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
     PayloadTooLargeError,
+    RemoteCallError,
+    SchedulerUnavailableError,
+    TaskHubNotFoundError,
     UnauthenticatedError,
 )
 
 Code = grpc.StatusCode
-
-
-class RemoteCallError(DurableTaskError):
-    """A call to the scheduler failed in a way no more specific duratask error describes."""
-
-    def __init__(self, message: str, code: Any = None) -> None:
-        super().__init__(message)
-        #: The ``grpc.StatusCode`` of the failed call, when there was one.
-        self.code = code
-
-
-class SchedulerUnavailableError(RemoteCallError, ConnectionError):
-    """The scheduler cannot be reached: not running, wrong address, or the network is down."""
-
-
-class TaskHubNotFoundError(RemoteCallError, LookupError):
-    """The scheduler does not serve the task hub the connection string names."""
 
 
 @dataclass(frozen=True)

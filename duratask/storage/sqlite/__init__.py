@@ -5,7 +5,7 @@ several processes may share a file. The schema lives in numbered ``migrations/*.
 statements in ``queries.sql``.
 """
 
-from .migrations import SchemaVersionError
+from ...errors import SchemaVersionError
 from .storage import SqliteStorage, open_sqlite_storage
 
 __all__ = ["SchemaVersionError", "SqliteStorage", "open_sqlite_storage"]

@@ -7,14 +7,10 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 
-from ...errors import DurableTaskError
+from ...errors import SchemaVersionError
 from .sql import Q
 
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
-
-
-class SchemaVersionError(DurableTaskError, RuntimeError):
-    """The database was written by a newer duratask than this one (its schema is unknown here)."""
 
 
 @dataclass(frozen=True)
