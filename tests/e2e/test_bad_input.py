@@ -13,10 +13,12 @@ from duratask import (
     DurableTaskClient,
     InvalidInstanceIdError,
     OrchestrationContext,
-    OrchestrationRuntimeStatus as S,
     PayloadTooLargeError,
     SerializationError,
     Worker,
+)
+from duratask import (
+    OrchestrationRuntimeStatus as S,
 )
 from duratask.connection import parse
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
@@ -14,9 +14,11 @@ from duratask import (
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
     OrchestrationQuery,
-    OrchestrationRuntimeStatus as S,
     PurgeInstancesFilter,
     StartOrchestrationOptions,
+)
+from duratask import (
+    OrchestrationRuntimeStatus as S,
 )
 
 from . import orchestrations as o
@@ -113,7 +115,7 @@ async def test_timer_and_when_any(client: DurableTaskClient) -> None:
 
 
 async def test_scheduled_start_keeps_pending(client: DurableTaskClient) -> None:
-    start_at = datetime.now(timezone.utc) + timedelta(seconds=1.0)
+    start_at = datetime.now(UTC) + timedelta(seconds=1.0)
     iid = await client.schedule_new_orchestration_instance(o.hello_cities, start_at=start_at)
     meta = await client.get_instance(iid)
     assert meta is not None and meta.runtime_status is S.PENDING
@@ -121,12 +123,12 @@ async def test_scheduled_start_keeps_pending(client: DurableTaskClient) -> None:
         await client.wait_for_instance_start(iid, timeout=0.3)
     done = await client.wait_for_instance_completion(iid, timeout=T)
     assert done is not None and done.runtime_status is S.COMPLETED
-    assert datetime.now(timezone.utc) >= start_at
+    assert datetime.now(UTC) >= start_at
 
 
 async def test_terminate_pending_scheduled_instance(client: DurableTaskClient) -> None:
     iid = await client.schedule_new_orchestration_instance(
-        o.hello_cities, start_at=datetime.now(timezone.utc) + timedelta(hours=1)
+        o.hello_cities, start_at=datetime.now(UTC) + timedelta(hours=1)
     )
     await client.terminate_instance(iid, "never mind")
     meta = await client.wait_for_instance_completion(iid, True, timeout=T)
@@ -164,7 +166,7 @@ async def test_continue_as_new_resets_history(client: DurableTaskClient) -> None
 
 
 async def test_rich_types_round_trip(client: DurableTaskClient) -> None:
-    order = o.Order(order_id=uuid4(), placed_at=datetime.now(timezone.utc), size=o.Size.LARGE, quantity=4)
+    order = o.Order(order_id=uuid4(), placed_at=datetime.now(UTC), size=o.Size.LARGE, quantity=4)
     meta = await run(client, o.process_order, order)
     assert meta is not None and meta.runtime_status is S.COMPLETED, meta and meta.failure_details
     assert meta.read_input_as(o.Order) == order
@@ -264,7 +266,7 @@ async def test_query_filters_and_paging(client: DurableTaskClient) -> None:
     none = await client.get_all_instances(OrchestrationQuery(runtime_status=[S.FAILED], instance_id_prefix="q"))
     assert none.instances == [] and none.continuation_token is None
     future = await client.get_all_instances(
-        OrchestrationQuery(created_from=datetime.now(timezone.utc) + timedelta(minutes=1))
+        OrchestrationQuery(created_from=datetime.now(UTC) + timedelta(minutes=1))
     )
     assert future.instances == []
 

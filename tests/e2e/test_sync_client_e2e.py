@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,10 +13,12 @@ from duratask import (
     InstanceStateError,
     OrchestrationNotFoundError,
     OrchestrationQuery,
-    OrchestrationRuntimeStatus as S,
     PurgeInstancesFilter,
     SyncDurableTaskClient,
     Worker,
+)
+from duratask import (
+    OrchestrationRuntimeStatus as S,
 )
 
 from . import orchestrations as o
@@ -68,7 +70,7 @@ def test_sync_client_full_surface(connection: str, running_worker: None) -> None
         assert term is not None and term.runtime_status is S.TERMINATED
 
         later = client.schedule_new_orchestration_instance(
-            o.hello_cities, start_at=datetime.now(timezone.utc) + timedelta(hours=1)
+            o.hello_cities, start_at=datetime.now(UTC) + timedelta(hours=1)
         )
         assert client.get_instance(later).runtime_status is S.PENDING  # type: ignore[union-attr]
         with pytest.raises(TimeoutError):
@@ -82,7 +84,7 @@ def test_sync_client_full_surface(connection: str, running_worker: None) -> None
         assert client.purge_all_instances(PurgeInstancesFilter(runtime_status=[S.TERMINATED])).purged_instance_count == 1
         with pytest.raises(OrchestrationNotFoundError):
             client.suspend_instance("missing")
-        assert [type(e).__name__ for e in client.get_orchestration_history(waiting)][0] in (
+        assert next(type(e).__name__ for e in client.get_orchestration_history(waiting)) in (
             "OrchestratorStarted",
             "ExecutionStarted",
         )
