@@ -13,6 +13,16 @@ at most ``park_seconds``, delivered as soon as a stream that accepts it has room
 The price: with many items that no worker accepts, they cycle through lease, park and hand-back,
 and at most ``max_parked`` of them are held at once; beyond that the pump waits.
 
+Leasing is a storage transaction queued with the completions, so while workers hold a good part
+of their limit (they have work queued anyway) a pump waits for a batch of free slots and a
+moment's accumulation before it leases again; with little in flight it leases at once.
+
+A completion the dispatcher refuses (``INVALID_ARGUMENT``: it contradicts the history it answers,
+names another task or instance, or holds actions duratask cannot store) changes nothing stored;
+its item stays with the worker for ``refused_hand_back_seconds`` (a corrected completion is still
+taken) and then goes back to the queue. On stop, streams end first, results are still taken for
+the grace period, then everything unfinished is handed back.
+
 The adapter decides nothing about orchestrations: leases, completions and hand-backs are the
 backend's; the dispatcher only routes, counts slots and checks what a worker sends back against
 what it was given (``validate_orchestrator_actions``).
