@@ -222,9 +222,9 @@ def _template_cluster() -> PostgresServer:
     return _template
 
 
-def _start_or_fail(private: bool = False) -> PostgresServer:
+def _start_or_fail() -> PostgresServer:
     try:
-        return start_server(_template_cluster() if private else None)
+        return start_server(_template_cluster())
     except PostgresUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -282,7 +282,7 @@ def pg_fresh_url(pg_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="module")
 def _module_private_server() -> Iterator[PostgresServer]:
-    server = _start_or_fail(private=True)
+    server = _start_or_fail()
     try:
         yield server
     finally:
