@@ -340,7 +340,11 @@ class Dispatcher:
                 work.cancel()
             return
         self._last_lease_partial[kind] = len(items) < limit
-        routes = await asyncio.gather(*(self._describe(kind, item) for item in items))
+        if kind == ACTIVITY:  # everything needed is on the item
+            for item in items:
+                self._route(kind, item, item.name, item.version, {})
+            return
+        routes = await asyncio.gather(*(self._describe(item) for item in items))
         for item, (name, version, scheduled) in zip(items, routes):
             self._route(kind, item, name, version, scheduled)
 
@@ -354,10 +358,8 @@ class Dispatcher:
             return 1
         return max(1, min(self.settings.lease_batch, limit // 10))
 
-    async def _describe(self, kind: Kind, item: Any) -> tuple[str, str | None, dict[int, Scheduled]]:
-        """Name and version to route by; for orchestrations, the full history goes into the item."""
-        if kind == ACTIVITY:
-            return item.name, item.version, {}
+    async def _describe(self, item: OrchestrationWorkItem) -> tuple[str, str | None, dict[int, Scheduled]]:
+        """Name and version to route an orchestration item by; its full history goes into it."""
         if item.history is None:
             # Straight from the storage: one read, not the backend's check-then-read (the instance
             # exists: it is leased and running, and only finished instances are purged).
