@@ -208,8 +208,8 @@ async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> l
     """Fence every commit against the locked lease rows, then apply the accepted ones together."""
     ids = list(dict.fromkeys(commit.instance.instance_id for commit in commits))
     live = {
-        instance_id: (token, length)
-        for instance_id, token, length in await _all(
+        instance_id: (token, length, status)
+        for instance_id, token, length, status in await _all(
             tx.conn, Q.lock_live_leases, {"taskhub": tx.taskhub, "instance_ids": ids}
         )
     }
@@ -224,6 +224,8 @@ async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> l
         if ok and held is not None:
             applied.add(instance_id)
             accepted.append((commit, held[1]))
+            if held[2] != commit.instance.status.value:  # waiters on an instance wait for its status
+                tx.notify(instance_topic(instance_id))
     if accepted:
         await _apply(tx, accepted)
     return results
@@ -258,7 +260,6 @@ async def _apply(tx: Tx, accepted: list[tuple[OrchestrationCommit, int]]) -> Non
         Q.consume_messages,
         {"taskhub": taskhub, "instance_ids": ids, "tokens": [c.token for c, _ in accepted]},
     )
-    tx.notify(*(instance_topic(instance_id) for instance_id in ids))
 
     activities = [task for commit, _ in accepted for task in commit.activities]
     if activities:

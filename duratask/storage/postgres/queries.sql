@@ -180,7 +180,7 @@ ORDER BY t.first_visible;
 -- of writers that only check the instance exists: two instances committing messages to each
 -- other at once cannot deadlock.
 -- name: lock_live_leases
-SELECT instance_id, lease_token, history_length FROM duratask_instances
+SELECT instance_id, lease_token, history_length, status FROM duratask_instances
 WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]) AND lease_expires > now()
 ORDER BY instance_id
 FOR NO KEY UPDATE;
