@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import msgspec
 
@@ -573,16 +574,20 @@ _TOPICS: dict[WorkKind, str] = {"orchestration": ORCHESTRATIONS, "activity": ACT
 
 
 def _start_first(lease: OrchestrationLease) -> list[h.HistoryEvent]:
-    """A new execution's events with its ExecutionStarted first.
+    """A new execution's events: its ExecutionStarted first, then the others in the order they happened.
 
-    After continue-as-new, events that arrived while the last episode ran sit in the inbox ahead
-    of the new ExecutionStarted; they belong to the new execution, after its carried-over events.
+    After continue-as-new the inbox holds, in insertion order, events that arrived while the last
+    episode ran, then the new ExecutionStarted with the carried-over events, then later arrivals.
+    All but the start belong to the new execution in the order they were raised (their timestamps).
     """
     events = lease.new_events
     if lease.history_length:
         return events
     start = next((i for i, e in enumerate(events) if isinstance(e, h.ExecutionStarted)), 0)
-    return [*events[start:], *events[:start]] if start else events
+    if not start and all(a.timestamp <= b.timestamp for a, b in pairwise(events[1:])):
+        return events
+    rest = sorted((e for i, e in enumerate(events) if i != start), key=lambda e: e.timestamp)
+    return [events[start], *rest]
 
 
 def _reached(status: Status, until: WaitUntil) -> bool:

@@ -220,6 +220,17 @@ class OrchestrationContext:
         if step is not None:
             _complete_with_json(step.task, result, step.result_type)
 
+    def _timer_fired(self, timer_id: int, fire_at: datetime) -> None:
+        """A timer fired; one with the id but not the time of ours is a leftover of an earlier
+        execution (continue-as-new) and must not wake the new one."""
+        step = self._open_steps.get(timer_id)
+        if step is None or step.kind != "timer":
+            return
+        action = step.make_action(timer_id)
+        if isinstance(action, CreateTimer) and as_utc(action.fire_at) != as_utc(fire_at):
+            return
+        self._step_succeeded(timer_id, "timer", None)
+
     def _step_failed(self, step_id: int, kind: StepKind, failure: TaskFailureDetails) -> None:
         step = self._take_open_step(step_id, kind)
         if step is None or self._retry_later(step, failure):

@@ -162,7 +162,7 @@ class OrchestrationExecutor:
         self._ctx._step_failed(event.task_scheduled_id, "sub-orchestration", event.failure)
 
     def _on_timer_fired(self, event: TimerFired) -> None:
-        self._ctx._step_succeeded(event.timer_id, "timer", None)
+        self._ctx._timer_fired(event.timer_id, event.fire_at)
 
     def _on_event_raised(self, event: EventRaised) -> None:
         self._ctx._event_raised(event)

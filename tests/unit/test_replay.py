@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from duratask.errors import NonDeterminismError, TaskFailedError
@@ -56,8 +57,7 @@ from duratask.orchestration import (
     when_all,
     when_any,
 )
-from duratask.serialization import result_type_of
-from duratask.serialization import from_json, to_json
+from duratask.serialization import from_json, result_type_of, to_json
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INSTANCE = "order-42"
@@ -112,6 +112,7 @@ class Sim:
         )
 
     def episode(self, *events: HistoryEvent, advance: float = 1) -> EpisodeResult:
+        events = tuple(self._with_fire_time(e) for e in events)
         new: list[HistoryEvent] = [OrchestratorStarted(timestamp=self.tick(advance)), *events]
         fresh = OrchestrationExecutor(self.fn, instance_id=self.instance_id).execute(list(self.history), new)
         result = self.cached.execute([], new)
@@ -120,6 +121,15 @@ class Sim:
         self.history += [record_of(a, self.clock) for a in result.actions]
         assert self.cached.history_length == len(self.history)
         return result
+
+    def _with_fire_time(self, event: HistoryEvent) -> HistoryEvent:
+        """``fired(id)`` means "the timer fires": give it the time its TimerCreated records."""
+        if not isinstance(event, TimerFired) or event.fire_at != T0:
+            return event
+        for past in reversed(self.history):
+            if isinstance(past, TimerCreated) and past.event_id == event.timer_id:
+                return msgspec.structs.replace(event, fire_at=past.fire_at)
+        return event
 
     def continue_as_new(self, result: EpisodeResult) -> EpisodeResult:
         """Start the next execution the way the backend does after CONTINUED_AS_NEW."""
@@ -1224,3 +1234,15 @@ def test_an_unserializable_custom_status_or_input_raises_in_the_orchestrator() -
     result = Sim(orchestrator).start()
     assert output(result) == ["SerializationError", "SerializationError"]
     assert [type(a) for a in result.actions] == [CompleteOrchestration]
+
+
+def test_a_timer_of_an_earlier_execution_does_not_fire_a_new_one() -> None:
+    async def orchestrator(ctx: OrchestrationContext, _: Any) -> str:
+        await ctx.create_timer(timedelta(minutes=5))
+        return "rang"
+
+    sim = Sim(orchestrator)
+    sim.start()
+    stale = TimerFired(timestamp=T0, fire_at=T0 - timedelta(days=1), timer_id=0)
+    assert sim.episode(stale).actions == []  # same id, another time: not ours
+    assert [type(a).__name__ for a in sim.episode(fired(0)).actions] == ["CompleteOrchestration"]
