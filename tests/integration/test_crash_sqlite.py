@@ -1,27 +1,23 @@
-"""Kill -9 a worker in the middle of 200 orchestrations on a SQLite file; a new worker finishes them."""
+"""Kill -9 processes in the middle of 500 orchestrations on a SQLite file; the rest finish them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from duratask import DurableTaskClient
-
-from .crashlib import check_all_completed, kill9, start_mix, start_worker, wait_until_partly_done
+from .crashlib import CRASH_INSTANCES, kill_a_serve_node_mid_run, kill_a_worker_mid_run
 
 
 async def test_kill9_worker_mid_run_sqlite(tmp_path: Path) -> None:
     conn = f"sqlite:///{tmp_path / 'crash.db'}?lease_seconds=2"
-    async with DurableTaskClient(conn) as client:
-        expected = await start_mix(client, 200)
-        first = start_worker(conn)
-        try:
-            done = await wait_until_partly_done(client, list(expected), 0.2, timeout=60)
-            assert done < len(expected), "worker finished everything before the kill; the test proves nothing"
-        finally:
-            kill9(first)
-        second = start_worker(conn)
-        try:
-            await check_all_completed(client, expected, timeout=120)
-        finally:
-            second.terminate()
-            second.wait(20)
+    done = await kill_a_worker_mid_run(conn, tmp_path)
+    assert 0 < done < CRASH_INSTANCES
+
+
+async def test_kill9_serve_node_mid_run_sqlite(tmp_path: Path) -> None:
+    database = tmp_path / "served.db"
+    await kill_a_serve_node_mid_run(
+        f"sqlite:///{database}?lease_seconds=2",
+        tmp_path,
+        count=200,
+        client_connection=f"sqlite:///{database}",
+    )
