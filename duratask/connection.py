@@ -178,5 +178,8 @@ async def _open_embedded(target: EmbeddedTarget) -> Backend:
         from .storage.sqlite import open_sqlite_storage
 
         path = ":memory:" if target.scheme == "memory" else target.location
-        storage = await open_sqlite_storage(path, target.taskhub, durable=durable)
+        # A new in-memory database has nothing to protect: it is always migrated.
+        storage = await open_sqlite_storage(
+            path, target.taskhub, durable=durable, migrate=migrate or target.scheme == "memory"
+        )
     return LocalBackend(storage, options)

@@ -1,8 +1,9 @@
 """The ``duratask`` command line (SPEC §5).
 
 ``main()`` is the console-script entry point; ``app`` is the Typer app (for ``typer.testing.CliRunner``).
-Commands live in ``instances`` (start, get, list, history, raise, terminate, suspend, resume, purge)
-and ``processes`` (worker, serve, dashboard); ``errors`` says how failures are reported.
+Commands live in ``instances`` (start, get, list, history, raise, terminate, suspend, resume, purge),
+``processes`` (worker, serve, dashboard), ``schema`` (migrate) and ``transfer`` (export, import);
+``errors`` says how failures are reported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import typer
 from typer.exceptions import TyperException
 
-from . import instances, processes  # noqa: F401  (importing them registers their commands)
+from . import instances, processes, schema, transfer  # noqa: F401  (importing them registers their commands)
 from .app import app
 from .errors import EXIT_ERROR, one_line
 

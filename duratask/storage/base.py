@@ -25,6 +25,7 @@ from typing import Protocol
 
 import msgspec
 
+from ..errors import DurableTaskError, OrchestrationAlreadyExistsError
 from ..history import ExecutionStarted, HistoryEvent, TaskCompleted, TaskFailed
 from ..models import OrchestrationRuntimeStatus, TaskFailureDetails
 from ..notify import Notifier
@@ -143,6 +144,53 @@ class PageCursor(msgspec.Struct, frozen=True):
     instance_id: str
 
 
+class PendingMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """An inbox message of a dumped instance: delivered no earlier than ``visible_at``."""
+
+    visible_at: datetime
+    event: HistoryEvent
+
+
+class PendingActivity(msgspec.Struct, frozen=True, kw_only=True):
+    """A queued activity of a dumped instance. ``attempt`` counts its deliveries so far."""
+
+    execution_id: str
+    task_id: int
+    name: str
+    input: str | None = None
+    version: str | None = None
+    created_at: datetime
+    attempt: int = 0
+
+
+class InstanceDump(msgspec.Struct, kw_only=True):
+    """One instance with everything needed to carry on elsewhere: its record, its whole history,
+    its inbox (in arrival order) and its activity queue (in queue order).
+
+    Leases are not part of it: work leased when the dump was taken is dumped as waiting, and is
+    delivered again after import (as after a worker crash).
+    """
+
+    instance: InstanceRecord
+    history: list[HistoryEvent] = msgspec.field(default_factory=list)
+    inbox: list[PendingMessage] = msgspec.field(default_factory=list)
+    activities: list[PendingActivity] = msgspec.field(default_factory=list)
+
+
+class ImportConflictError(OrchestrationAlreadyExistsError):
+    """Instances to import whose ids already exist in the task hub (and ``replace`` was not asked)."""
+
+    def __init__(self, instance_ids: list[str]) -> None:
+        more = f" and {len(instance_ids) - 1} more" if len(instance_ids) > 1 else ""
+        DurableTaskError.__init__(
+            self,
+            f"cannot import instance {instance_ids[0]!r}{more}: the task hub already has "
+            f"{'instances with these ids' if more else 'an instance with that id'}",
+        )
+        self.instance_id = instance_ids[0]
+        self.instance_ids = instance_ids
+
+
 class Storage(Protocol):
     """The persistence seam. One object serves one task hub of one database."""
 
@@ -207,3 +255,17 @@ class Storage(Protocol):
     async def abandon_activity(self, activity_id: int, token: str) -> None: ...
 
     async def renew_activity_lease(self, activity_id: int, token: str, lease_seconds: float) -> bool: ...
+
+    # --- moving instances between storages (``duratask export`` / ``import``) -------------------
+
+    async def export_instances(self, after: str | None, limit: int) -> list[InstanceDump]:
+        """Up to ``limit`` instances whose id sorts after ``after`` (all, from the first, when
+        ``None``), in id order (code points), each with its history, inbox and activities, the
+        whole page read in one transaction."""
+
+    async def import_instances(self, dumps: list[InstanceDump], *, replace: bool = False) -> int:
+        """Create the dumped instances as they were, in one transaction; returns how many.
+
+        An instance whose id exists already (in any status) fails the whole batch with
+        ``ImportConflictError``, unless ``replace``: then the existing one is deleted first, with
+        its history, inbox and activities. Imported work is unleased and ready to run."""

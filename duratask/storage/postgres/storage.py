@@ -14,6 +14,7 @@ from ..base import (
     ActivityCompletion,
     ActivityLease,
     InboxMessage,
+    InstanceDump,
     InstanceFilter,
     InstanceRecord,
     NewInstance,
@@ -21,7 +22,7 @@ from ..base import (
     OrchestrationLease,
     PageCursor,
 )
-from . import ops
+from . import ops, transfer
 from .db import Connection, Database, Tx, connect
 from .listener import NotificationListener, channel_for
 from .migrations import check_version, describe, load_migrations, migrate_connection
@@ -236,6 +237,17 @@ class PostgresStorage:
         return await self._write_statement(
             lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds)
         )
+
+    # --- moving instances between storages ------------------------------------------------------
+
+    async def export_instances(self, after: str | None, limit: int) -> list[InstanceDump]:
+        return await self._read(lambda conn: transfer.export_instances(conn, self.taskhub, after, limit))
+
+    async def import_instances(self, dumps: list[InstanceDump], *, replace: bool = False) -> int:
+        if not dumps:
+            return 0
+        # Not replay-safe: had the first COMMIT happened, a retry would find the instances and raise.
+        return await self._write(lambda tx: transfer.import_instances(tx, dumps, replace), replay_safe=False)
 
 
 # --- one shared object per database, hub and event loop in a process -------------------------

@@ -16,6 +16,7 @@ from ..base import (
     ActivityCompletion,
     ActivityLease,
     InboxMessage,
+    InstanceDump,
     InstanceFilter,
     InstanceRecord,
     NewInstance,
@@ -23,9 +24,10 @@ from ..base import (
     OrchestrationLease,
     PageCursor,
 )
-from . import ops
+from . import ops, transfer
 from .migrations import load_migrations, migrate
 from .runner import SqliteRunner, Tx
+from .schema import check_version
 
 T = TypeVar("T")
 
@@ -49,12 +51,18 @@ class SqliteStorage:
     safe against a crashed process, but the last commits before an OS crash or power cut may be lost.
     Leases and activity results are never synced on their own (losing them to a power cut only
     repeats work); the next synced commit, which the log orders after them, makes them durable.
+
+    ``migrate=True`` applies pending schema migrations at ``open``; with ``migrate=False`` a database
+    whose schema is not exactly this duratask's is refused (``SchemaVersionError``).
     """
 
-    def __init__(self, path: str, taskhub: str = "default", *, durable: bool = True) -> None:
+    def __init__(
+        self, path: str, taskhub: str = "default", *, durable: bool = True, migrate: bool = True
+    ) -> None:
         self.path = path
         self.taskhub = taskhub
         self.durable = durable
+        self.migrate = migrate
         self.notifier = Notifier()
         self.shared_across_processes = path != MEMORY
         self._lock = threading.Lock()
@@ -120,7 +128,11 @@ class SqliteStorage:
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
             # Let checkpoints shrink the log file back instead of keeping its largest size forever.
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            migrate(conn, load_migrations(), _now_micros(), where=f"SQLite database {self.path!r}")
+            where = f"SQLite database {self.path!r}"
+            if self.migrate:
+                migrate(conn, load_migrations(), _now_micros(), where=where)
+            else:
+                check_version(conn, load_migrations(), where)
         except BaseException:
             conn.close()
             raise
@@ -207,6 +219,16 @@ class SqliteStorage:
             lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds)
         )
 
+    # --- moving instances between storages ------------------------------------------------------
+
+    async def export_instances(self, after: str | None, limit: int) -> list[InstanceDump]:
+        return await self._read(lambda tx: transfer.export_instances(tx, after, limit))
+
+    async def import_instances(self, dumps: list[InstanceDump], *, replace: bool = False) -> int:
+        if not dumps:
+            return 0
+        return await self._write(lambda tx: transfer.import_instances(tx, dumps, replace))
+
 
 def _now_micros() -> int:
     return time.time_ns() // 1000
@@ -233,18 +255,20 @@ def resolve_path(path: str) -> str:
     return path if path == MEMORY else os.path.realpath(path)
 
 
-async def open_sqlite_storage(path: str, taskhub: str = "default", durable: bool = True) -> SqliteStorage:
+async def open_sqlite_storage(
+    path: str, taskhub: str = "default", durable: bool = True, *, migrate: bool = True
+) -> SqliteStorage:
     """The process's one opened ``SqliteStorage`` for (database, hub).
 
     Every caller gets the same object (so in-process notifications reach every client and worker,
     and ``":memory:"`` is one database shared by them) and must ``await storage.close()`` when done:
-    the last close really closes. The first opener's ``durable`` wins.
+    the last close really closes. The first opener's ``durable`` and ``migrate`` win.
     """
     key = (resolve_path(path), taskhub)
     with _registry_lock:
         storage = _registry.get(key)
         if storage is None:
-            storage = SqliteStorage(key[0], taskhub, durable=durable)
+            storage = SqliteStorage(key[0], taskhub, durable=durable, migrate=migrate)
             storage._registry_key = key
             _registry[key] = storage
         else:
