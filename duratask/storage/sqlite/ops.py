@@ -23,7 +23,7 @@ from ..base import (
     OrchestrationLease,
     PageCursor,
 )
-from .filters import instance_conditions, select_instance_ids_sql, select_instances_sql
+from .paging import query_page
 from .rows import from_micros, instance_from_row, instance_params, seconds_to_micros, to_micros
 from .runner import Tx
 from .sql import Q
@@ -39,9 +39,7 @@ def get_instance(tx: Tx, instance_id: str) -> InstanceRecord | None:
 def query_instances(
     tx: Tx, filter: InstanceFilter, limit: int, after: PageCursor | None
 ) -> list[InstanceRecord]:
-    where, params = instance_conditions(tx.taskhub, filter, after)
-    params["limit"] = limit
-    return [instance_from_row(row) for row in tx.conn.execute(select_instances_sql(where), params)]
+    return query_page(tx, filter, limit, after)
 
 
 def get_history(tx: Tx, instance_id: str) -> list[HistoryEvent]:
@@ -122,23 +120,6 @@ def _insert_messages(tx: Tx, messages: list[InboxMessage]) -> bool:
         ],
     )
     return bool(messages)
-
-
-def delete_instances(tx: Tx, instance_ids: list[str]) -> int:
-    deleted = 0
-    for instance_id in dict.fromkeys(instance_ids):  # each id once, in order
-        status = _status(tx, instance_id)
-        if status is not None and status.is_terminal:
-            _delete_instance_data(tx, instance_id)
-            tx.notify(instance_topic(instance_id))
-            deleted += 1
-    return deleted
-
-
-def delete_instances_matching(tx: Tx, filter: InstanceFilter) -> int:
-    where, params = instance_conditions(tx.taskhub, filter, terminal_only=True)
-    instance_ids = [instance_id for (instance_id,) in tx.conn.execute(select_instance_ids_sql(where), params)]
-    return delete_instances(tx, instance_ids)
 
 
 # --- orchestration work items ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..base import (
     OrchestrationLease,
     PageCursor,
 )
-from . import ops, transfer
+from . import ops, purge, transfer
 from .migrations import load_migrations, migrate
 from .runner import SqliteRunner, Tx
 from .schema import check_version
@@ -180,10 +180,16 @@ class SqliteStorage:
     async def delete_instances(self, instance_ids: list[str]) -> int:
         if not instance_ids:
             return 0
-        return await self._write(lambda tx: ops.delete_instances(tx, instance_ids))
+        return await self._write(lambda tx: purge.delete_instances(tx, instance_ids))
 
     async def delete_instances_matching(self, filter: InstanceFilter) -> int:
-        return await self._write(lambda tx: ops.delete_instances_matching(tx, filter))
+        # A transaction per batch (see purge.py): other writers get in between.
+        total = 0
+        while True:
+            deleted = await self._write(lambda tx: purge.delete_matching_batch(tx, filter, purge.PURGE_BATCH))
+            total += deleted
+            if deleted < purge.PURGE_BATCH:
+                return total
 
     async def next_visible_at(self) -> datetime | None:
         return await self._read(ops.next_visible_at)
