@@ -133,6 +133,76 @@ class ContinueAsNew(_Event, frozen=True, kw_only=True):
     input: str | None = None
 
 
+# --- entities -----------------------------------------------------------------------------------
+# Durable entities are instances with ids "@name@key". These events travel between orchestrations
+# and entities (in inboxes), and an orchestration's history records the messages it sent. As in the
+# protocol, a recorded message names its target; a delivered one names the orchestration that sent it.
+
+
+class EntityOperationSignaled(_Event, frozen=True, kw_only=True):
+    """A one-way operation on an entity (nobody waits for its result)."""
+
+    request_id: str
+    operation: str
+    scheduled_time: datetime | None = None
+    input: str | None = None
+    target_instance_id: str | None = None
+
+
+class EntityOperationCalled(_Event, frozen=True, kw_only=True):
+    """An operation whose result goes back to the calling orchestration."""
+
+    request_id: str
+    operation: str
+    scheduled_time: datetime | None = None
+    input: str | None = None
+    parent_instance_id: str | None = None
+    parent_execution_id: str | None = None
+    target_instance_id: str | None = None
+
+
+class EntityOperationCompleted(_Event, frozen=True, kw_only=True):
+    """The result of a called operation, delivered to its caller."""
+
+    request_id: str
+    output: str | None = None
+
+
+class EntityOperationFailed(_Event, frozen=True, kw_only=True):
+    """A called operation raised; delivered to its caller."""
+
+    request_id: str
+    failure: TaskFailureDetails
+
+
+class EntityLockRequested(_Event, frozen=True, kw_only=True):
+    """A request to lock ``lock_set`` (sorted) for a critical section; it visits the entities in
+    order, ``position`` being the one it is at."""
+
+    critical_section_id: str
+    lock_set: list[str] = msgspec.field(default_factory=list)
+    position: int = 0
+    parent_instance_id: str | None = None
+
+
+class EntityLockGranted(_Event, frozen=True, kw_only=True):
+    """Every entity of a critical section's lock set is locked; delivered to the orchestration."""
+
+    critical_section_id: str
+
+
+class EntityUnlockSent(_Event, frozen=True, kw_only=True):
+    """The end of a critical section: the entity may serve others again."""
+
+    critical_section_id: str
+    parent_instance_id: str | None = None
+    target_instance_id: str | None = None
+
+
+#: What an orchestration sends to an entity (the protocol's ``SendEntityMessageAction``).
+EntityMessage = EntityOperationSignaled | EntityOperationCalled | EntityLockRequested | EntityUnlockSent
+
+
 HistoryEvent = (
     ExecutionStarted
     | ExecutionCompleted
@@ -153,6 +223,13 @@ HistoryEvent = (
     | EventSent
     | EventRaised
     | ContinueAsNew
+    | EntityOperationSignaled
+    | EntityOperationCalled
+    | EntityOperationCompleted
+    | EntityOperationFailed
+    | EntityLockRequested
+    | EntityLockGranted
+    | EntityUnlockSent
 )
 
 
@@ -204,6 +281,13 @@ class TerminateOrchestration(_Action, frozen=True, kw_only=True):
     recurse: bool = True
 
 
+class SendEntityMessage(_Action, frozen=True, kw_only=True):
+    """Send ``message`` to an entity: a signal, a call, a lock request or an unlock. Its timestamp
+    is set when the backend records the message in the sender's history."""
+
+    message: EntityMessage
+
+
 OrchestratorAction = (
     ScheduleTask
     | CreateSubOrchestration
@@ -211,6 +295,7 @@ OrchestratorAction = (
     | SendEvent
     | CompleteOrchestration
     | TerminateOrchestration
+    | SendEntityMessage
 )
 
 

@@ -23,6 +23,7 @@ from .. import history as h
 from ..errors import (
     InstanceStateError,
     InvalidInstanceIdError,
+    OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
     PayloadTooLargeError,
 )
@@ -46,7 +47,7 @@ from ..storage.base import (
     PageCursor,
     Storage,
 )
-from . import rewind, runtime_state
+from . import entities, rewind, runtime_state
 from .api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
 
 log = logging.getLogger("duratask.backend")
@@ -121,6 +122,10 @@ class LocalBackend:
         # A wake-up armed when a lease starts looking, so work that arrives while it looks is not
         # missed by the ``wait_for_work`` that follows an empty lease.
         self._armed: dict[WorkKind, asyncio.Future[None]] = {}
+        # Entity leases handed out by this process (token -> what the lease decided), and the
+        # entity pump's armed wake-up (see "durable entities" below).
+        self._entity_leases: dict[str, entities.EntityPlan] = {}
+        self._entity_armed: asyncio.Future[None] | None = None
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -130,6 +135,9 @@ class LocalBackend:
         for armed in self._armed.values():
             self.storage.notifier.unregister(armed)
         self._armed.clear()
+        if self._entity_armed is not None:
+            self.storage.notifier.unregister(self._entity_armed)
+            self._entity_armed = None
         await self.storage.close()
 
     # --- payload limits -----------------------------------------------------------------------
@@ -165,6 +173,10 @@ class LocalBackend:
         tags: dict[str, str] | None = None,
     ) -> str:
         validate_instance_id(instance_id)
+        if entities.is_entity_id(instance_id):
+            raise InvalidInstanceIdError(
+                f"instance id {instance_id!r}: ids starting with '@' are reserved for durable entities"
+            )
         if not name:
             raise ValueError("orchestrator name must be a non-empty string")
         self.check_payload("orchestration input", input)
@@ -245,8 +257,10 @@ class LocalBackend:
         rows = await self.storage.query_instances(filter, query.page_size + 1, after)
         page, more = rows[: query.page_size], len(rows) > query.page_size
         token = encode_cursor(PageCursor(page[-1].created_at, page[-1].instance_id)) if more else None
+        # Entities are instances too (ids "@name@key"), but not orchestrations: a page may come out short.
         return OrchestrationQueryResult(
-            instances=[to_metadata(r, True) for r in page], continuation_token=token
+            instances=[to_metadata(r, True) for r in page if not entities.is_entity_id(r.instance_id)],
+            continuation_token=token,
         )
 
     async def raise_event(self, instance_id: str, name: str, data: str | None) -> None:
@@ -336,7 +350,9 @@ class LocalBackend:
 
     async def lease_orchestrations(self, limit: int) -> list[OrchestrationWorkItem]:
         self._arm("orchestration")
-        leases = await self.storage.lease_orchestrations(limit, self.options.lease_seconds)
+        leases = await self.storage.lease_orchestrations(
+            limit, self.options.lease_seconds, exclude_id_prefix=entities.ENTITY_ID_PREFIX
+        )
         items: list[OrchestrationWorkItem] = []
         settle: list[OrchestrationCommit] = []
         now = utcnow()
@@ -384,7 +400,7 @@ class LocalBackend:
                 commits.append(_fenced_out(item))
                 continue
             result = self._enforce_payload_limits(result)
-            commit = runtime_state.plan_episode(
+            commit = entities.plan_episode(
                 lease.instance, item.token, item.new_events, result.actions, result.custom_status, now
             )
             commits.append(commit)
@@ -409,6 +425,8 @@ class LocalBackend:
         instead of leaving the parent waiting for a child that was never created."""
         for commit in commits:
             for new in list(commit.new_instances):
+                if entities.is_entity_id(new.record.instance_id):
+                    continue  # an entity messaged for the first time: created unless it exists
                 existing = await self.storage.get_instance(new.record.instance_id)
                 if existing is None or existing.status.is_terminal:
                     continue
@@ -569,6 +587,216 @@ class LocalBackend:
             timeout = min(timeout, self.options.max_poll_seconds)
         await self.storage.notifier.wait(woke, timeout)
 
+    # --- durable entities -----------------------------------------------------------------------
+    # Entities are instances with ids "@name@key" (``entities`` says how their rows are used and
+    # plans every lease). Orchestration leases never take them; ``lease_entities`` does. Served to
+    # the official SDKs by ``duratask serve``; duratask's own worker does not run entities.
+
+    async def signal_entity(
+        self,
+        instance_id: str,
+        operation: str,
+        input: str | None,
+        *,
+        request_id: str | None = None,
+        scheduled_time: datetime | None = None,
+    ) -> None:
+        """Queue a one-way operation for the entity (created if it does not exist), no earlier than
+        ``scheduled_time``."""
+        entities.parse_entity_id(instance_id)
+        if not operation:
+            raise ValueError("entity operation name must be a non-empty string")
+        self.check_payload("entity operation input", input)
+        now = utcnow()
+        if scheduled_time is not None and scheduled_time.tzinfo is None:
+            scheduled_time = scheduled_time.replace(tzinfo=UTC)
+        signal = h.EntityOperationSignaled(
+            timestamp=now,
+            request_id=request_id or uuid.uuid4().hex,
+            operation=operation,
+            scheduled_time=scheduled_time,
+            input=input,
+            target_instance_id=instance_id,
+        )
+        visible_at = scheduled_time if scheduled_time is not None and scheduled_time > now else now
+        await self._deliver_to_entity(instance_id, signal, visible_at)
+
+    async def _deliver_to_entity(self, instance_id: str, event: h.HistoryEvent, visible_at: datetime) -> None:
+        """Create the entity's row if missing, then queue the message. A message to a row that
+        ``clean_entity_storage`` removed in between is dropped by the storage: seen as a row of
+        another execution afterwards, it is sent again (to the new row)."""
+        for _ in range(3):
+            record = await self.storage.get_instance(instance_id)
+            if record is None:
+                with contextlib.suppress(OrchestrationAlreadyExistsError):
+                    await self.storage.create_instance(entities.new_entity(instance_id, utcnow()))
+                record = await self.storage.get_instance(instance_id)
+                if record is None:
+                    continue
+            await self.storage.enqueue(
+                [InboxMessage(instance_id=instance_id, event=event, visible_at=visible_at)]
+            )
+            after = await self.storage.get_instance(instance_id)
+            if after is not None and after.execution_id == record.execution_id:
+                return
+        raise RuntimeError(f"entity {instance_id!r} was removed three times while a message was sent to it")
+
+    async def get_entity(self, instance_id: str, include_state: bool) -> entities.EntityMetadata | None:
+        """The entity's metadata; ``None`` unless it exists (has state)."""
+        if not entities.is_entity_id(instance_id):
+            return None
+        record = await self.storage.get_instance(instance_id)
+        if record is None or not entities.exists(record):
+            return None
+        return entities.metadata_of(record, include_state)
+
+    async def query_entities(self, query: entities.EntityQuery) -> entities.EntityQueryResult:
+        """One page of entities (ordered by creation, then id) passing the query's filters."""
+        if query.page_size <= 0:
+            raise ValueError("page_size must be positive")
+        prefix = entities.normalize_prefix(query.instance_id_starts_with)
+        cursor = decode_cursor(query.continuation_token) if query.continuation_token else None
+        found: list[entities.EntityMetadata] = []
+        fetch = max(query.page_size, 100)
+        while True:
+            rows = await self.storage.query_instances(
+                InstanceFilter(instance_id_prefix=prefix), fetch, cursor
+            )
+            for index, row in enumerate(rows):
+                cursor = PageCursor(row.created_at, row.instance_id)
+                if entities.matches(row, query):
+                    found.append(entities.metadata_of(row, query.include_state))
+                if len(found) == query.page_size:
+                    more = index + 1 < len(rows) or len(rows) == fetch
+                    token = encode_cursor(cursor) if more else None
+                    return entities.EntityQueryResult(entities=found, continuation_token=token)
+            if len(rows) < fetch:
+                return entities.EntityQueryResult(entities=found, continuation_token=None)
+
+    async def clean_entity_storage(
+        self,
+        remove_empty_entities: bool,
+        release_orphaned_locks: bool,
+        continuation_token: str | None = None,
+        page_size: int = 500,
+    ) -> entities.CleanEntityStorageResult:
+        """One page of entities cleaned: locks held by orchestrations that ended or no longer exist
+        are released (an unlock is queued to the entity), and rows with no state, no lock, no
+        backlog and no pending messages are removed. A continuation token means more pages."""
+        after = decode_cursor(continuation_token) if continuation_token else None
+        entity_rows = InstanceFilter(instance_id_prefix=entities.ENTITY_ID_PREFIX)
+        rows = await self.storage.query_instances(entity_rows, page_size + 1, after)
+        page, more = rows[:page_size], len(rows) > page_size
+        released = 0
+        empty: list[str] = []
+        for row in page:
+            status = entities.read_status(row)
+            if release_orphaned_locks and status.locked_by is not None:
+                holder = await self.storage.get_instance(status.locked_by)
+                if holder is None or holder.status.is_terminal:
+                    await self._release_lock(row.instance_id, status)
+                    released += 1
+                continue
+            if remove_empty_entities and entities.is_empty(row):
+                empty.append(row.instance_id)
+        removed = await self.storage.delete_idle_instances(empty) if empty else 0
+        token = encode_cursor(PageCursor(page[-1].created_at, page[-1].instance_id)) if more else None
+        return entities.CleanEntityStorageResult(
+            empty_entities_removed=removed, orphaned_locks_released=released, continuation_token=token
+        )
+
+    async def _release_lock(self, instance_id: str, status: entities.EntityStatus) -> None:
+        """Unlock on behalf of a holder that cannot any more (the entity applies it in order)."""
+        assert status.critical_section_id is not None
+        unlock = h.EntityUnlockSent(
+            timestamp=utcnow(),
+            critical_section_id=status.critical_section_id,
+            parent_instance_id=status.locked_by,
+            target_instance_id=instance_id,
+        )
+        await self.storage.enqueue([InboxMessage(instance_id=instance_id, event=unlock, visible_at=utcnow())])
+
+    async def lease_entities(
+        self, limit: int, max_batch: int = entities.DEFAULT_MAX_BATCH
+    ) -> list[entities.EntityWorkItem]:
+        """Lease up to ``limit`` entities with messages. Leases that need no worker (lock requests,
+        unlocks, messages that must wait for a lock) are settled here; the others become batches."""
+        self._arm_entities()
+        leases = await self.storage.lease_orchestrations(
+            limit, self.options.lease_seconds, id_prefix=entities.ENTITY_ID_PREFIX
+        )
+        items: list[entities.EntityWorkItem] = []
+        settle: list[OrchestrationCommit] = []
+        now = utcnow()
+        for lease in leases:
+            backlog = (
+                await self.storage.get_history(lease.instance.instance_id) if lease.history_length else []
+            )
+            plan = entities.plan_lease(lease.instance, lease.token, backlog, lease.new_events, now, max_batch)
+            if not plan.operations:
+                settle.append(entities.plan_commit(plan, None, now))
+                continue
+            self._entity_leases[lease.token] = plan
+            items.append(plan.work_item())
+        if settle:
+            await self.storage.commit_orchestrations(settle)
+        return items
+
+    async def complete_entities(
+        self, done: list[tuple[entities.EntityWorkItem, entities.EntityBatchOutcome]]
+    ) -> list[bool]:
+        """Store each batch's outcome under its lease (group commit); ``False`` where the lease was
+        lost (then nothing of the batch is stored and its messages are delivered again)."""
+        now = utcnow()
+        commits: list[OrchestrationCommit] = []
+        for item, outcome in done:
+            plan = self._entity_leases.pop(item.token, None)
+            if plan is None:
+                commits.append(_fenced_out_entity(item))
+                continue
+            commits.append(entities.plan_commit(plan, self._enforce_entity_limits(outcome), now))
+        return await self.storage.commit_orchestrations(commits)
+
+    def _enforce_entity_limits(self, outcome: entities.EntityBatchOutcome) -> entities.EntityBatchOutcome:
+        """An oversized state, result or signal input fails the whole batch (the state stays)."""
+        payloads: list[tuple[str, str | None]] = [("entity state", outcome.state)]
+        payloads += [
+            ("entity operation result", r.result)
+            for r in outcome.results
+            if isinstance(r, entities.OperationSucceeded)
+        ]
+        payloads += [(f"{type(a).__name__} input", a.input) for a in outcome.actions]
+        for what, payload in payloads:
+            failure = self._oversized(what, payload)
+            if failure is not None:
+                return entities.EntityBatchOutcome(results=[], failure=failure)
+        return outcome
+
+    async def abandon_entity(self, item: entities.EntityWorkItem) -> None:
+        """Give a batch back unrun; its messages are delivered again."""
+        self._entity_leases.pop(item.token, None)
+        await self.storage.abandon_orchestration(item.instance_id, item.token)
+
+    def _arm_entities(self) -> None:
+        if self._entity_armed is None or self._entity_armed.done():
+            self._entity_armed = self.storage.notifier.register(ORCHESTRATIONS)
+
+    async def wait_for_entity_work(self, timeout: float) -> None:
+        """``wait_for_work`` for entities: until a message may be ready (entity messages travel
+        through the same inboxes as orchestrations'), a delayed signal is due, or ``timeout``."""
+        woke, self._entity_armed = self._entity_armed, None
+        if woke is None:
+            woke = self.storage.notifier.register(ORCHESTRATIONS)
+        elif woke.done():
+            self.storage.notifier.unregister(woke)
+            return
+        due = await self.storage.next_visible_at()
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
+        if self.storage.shared_across_processes:
+            timeout = min(timeout, self.options.max_poll_seconds)
+        await self.storage.notifier.wait(woke, timeout)
+
 
 _TOPICS: dict[WorkKind, str] = {"orchestration": ORCHESTRATIONS, "activity": ACTIVITIES}
 
@@ -597,11 +825,19 @@ def _reached(status: Status, until: WaitUntil) -> bool:
 def _payload_of(action: h.OrchestratorAction) -> str | None:
     if isinstance(action, h.SendEvent):
         return action.data
+    if isinstance(action, h.SendEntityMessage):
+        return getattr(action.message, "input", None)
     if isinstance(action, (h.ScheduleTask, h.CreateSubOrchestration)):
         return action.input
     if isinstance(action, h.CompleteOrchestration):
         return action.result
     return None
+
+
+def _fenced_out_entity(item: entities.EntityWorkItem) -> OrchestrationCommit:
+    """A commit the storage will reject: the entity lease is not (or no longer) ours."""
+    placeholder = entities.new_entity(item.instance_id, utcnow()).record
+    return OrchestrationCommit(token=item.token, instance=placeholder, history_append=[])
 
 
 def _fenced_out(item: OrchestrationWorkItem) -> OrchestrationCommit:

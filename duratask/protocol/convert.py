@@ -12,9 +12,15 @@ Conventions on the wire side:
 
 What our model does not carry is dropped on decoding: trace contexts, span ids, ``tags`` of
 tasks and sub-orchestrations, failure ``properties``, ``CompleteOrchestrationAction.details``
-and ``tags``, and ``ExecutionRewoundEvent``'s fields other than ``reason``. Protocol events and
-actions that have no counterpart at all (entity events and actions, generic and history-state
-events, rewind actions) raise ``UnsupportedMessageError``; the caller decides what to do.
+and ``tags``, ``ExecutionRewoundEvent``'s fields other than ``reason``, request times of entity
+messages, and the ids of entity operation actions. Protocol events and actions that have no
+counterpart at all (generic and history-state events, rewind actions) raise
+``UnsupportedMessageError``; the caller decides what to do.
+
+Entity events and actions map like the others. Orchestration work items are the exception: the
+worker-side ``orchestration_work_item_from_pb`` refuses histories with entity events, since
+duratask's own orchestration engine does not run entities (only ``duratask serve`` serves them,
+to the official SDKs).
 """
 
 from __future__ import annotations
@@ -27,11 +33,33 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from ..backend.api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem
+from ..backend.entities import (
+    CleanEntityStorageResult,
+    EntityAction,
+    EntityBatchOutcome,
+    EntityMetadata,
+    EntityQuery,
+    EntityQueryResult,
+    EntityWorkItem,
+    OperationFailed,
+    OperationResult,
+    OperationSucceeded,
+    SignalEntityAction,
+    StartOrchestrationAction,
+)
 from ..history import (
     CompleteOrchestration,
     ContinueAsNew,
     CreateSubOrchestration,
     CreateTimer,
+    EntityLockGranted,
+    EntityLockRequested,
+    EntityMessage,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -46,6 +74,7 @@ from ..history import (
     OrchestratorStarted,
     ParentInstance,
     ScheduleTask,
+    SendEntityMessage,
     SendEvent,
     SubOrchestrationInstanceCompleted,
     SubOrchestrationInstanceCreated,
@@ -68,6 +97,7 @@ from ..models import (
 from . import StringValue, Timestamp, pb
 
 __all__ = [
+    "SignalRequest",
     "StartRequest",
     "UnsupportedMessageError",
     "action_from_pb",
@@ -77,6 +107,15 @@ __all__ = [
     "activity_work_item_from_pb",
     "activity_work_item_to_pb",
     "check_supported",
+    "clean_entity_storage_result_to_pb",
+    "entity_batch_result_from_pb",
+    "entity_batch_result_to_pb",
+    "entity_metadata_from_pb",
+    "entity_metadata_to_pb",
+    "entity_query_from_pb",
+    "entity_query_result_to_pb",
+    "entity_response_to_pb",
+    "entity_work_item_to_pb",
     "event_from_pb",
     "event_to_pb",
     "failure_from_pb",
@@ -98,6 +137,8 @@ __all__ = [
     "query_result_from_pb",
     "query_result_to_pb",
     "query_to_pb",
+    "signal_request_from_pb",
+    "signal_request_to_pb",
     "start_request_from_pb",
     "start_request_to_pb",
     "status_from_pb",
@@ -233,6 +274,13 @@ def _put_statuses(message: Any, field: str, value: Any) -> None:
 def _put_texts(message: Any, field: str, value: Any) -> None:
     for text in value or ():
         getattr(message, field).add(value=text)
+
+
+def _put_text_list(message: Any, field: str, value: Any) -> None:
+    getattr(message, field).extend(value)
+
+
+_TEXT_LIST = _Codec(_put_text_list, lambda m, f: list(getattr(m, f)))  # repeated string, our list[str]
 
 
 # Lists that are ``None`` on our side when empty (a filter that is not set).
@@ -412,7 +460,98 @@ _EVENT_KINDS: tuple[_Kind[Any], ...] = (
     ),
     _Kind(EventRaised, "eventRaised", (_Field("name", "name", _SCALAR), _Field("input", "input", _PAYLOAD))),
     _Kind(ContinueAsNew, "continueAsNew", (_Field("input", "input", _PAYLOAD),)),
+    _Kind(
+        EntityOperationSignaled,
+        "entityOperationSignaled",
+        (
+            _Field("request_id", "requestId", _SCALAR),
+            _Field("operation", "operation", _SCALAR),
+            _Field("scheduled_time", "scheduledTime", _OPTIONAL_TIME),
+            _Field("input", "input", _PAYLOAD),
+            _Field("target_instance_id", "targetInstanceId", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        EntityOperationCalled,
+        "entityOperationCalled",
+        (
+            _Field("request_id", "requestId", _SCALAR),
+            _Field("operation", "operation", _SCALAR),
+            _Field("scheduled_time", "scheduledTime", _OPTIONAL_TIME),
+            _Field("input", "input", _PAYLOAD),
+            _Field("parent_instance_id", "parentInstanceId", _PAYLOAD),
+            _Field("parent_execution_id", "parentExecutionId", _PAYLOAD),
+            _Field("target_instance_id", "targetInstanceId", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        EntityOperationCompleted,
+        "entityOperationCompleted",
+        (_Field("request_id", "requestId", _SCALAR), _Field("output", "output", _PAYLOAD)),
+    ),
+    _Kind(
+        EntityOperationFailed,
+        "entityOperationFailed",
+        (_Field("request_id", "requestId", _SCALAR), _Field("failure", "failureDetails", _FAILURE)),
+    ),
+    _Kind(
+        EntityLockRequested,
+        "entityLockRequested",
+        (
+            _Field("critical_section_id", "criticalSectionId", _SCALAR),
+            _Field("lock_set", "lockSet", _TEXT_LIST),
+            _Field("position", "position", _SCALAR),
+            _Field("parent_instance_id", "parentInstanceId", _PAYLOAD),
+        ),
+    ),
+    _Kind(
+        EntityLockGranted, "entityLockGranted", (_Field("critical_section_id", "criticalSectionId", _SCALAR),)
+    ),
+    _Kind(
+        EntityUnlockSent,
+        "entityUnlockSent",
+        (
+            _Field("critical_section_id", "criticalSectionId", _SCALAR),
+            _Field("parent_instance_id", "parentInstanceId", _PAYLOAD),
+            _Field("target_instance_id", "targetInstanceId", _PAYLOAD),
+        ),
+    ),
 )
+
+# The protocol's SendEntityMessageAction holds one of these, under the same field names as in
+# HistoryEvent. The wire has no time for them: decoded, they carry the epoch, as an event whose
+# timestamp is unset does (the backend stamps the event it records).
+_ENTITY_MESSAGE_MODELS = (
+    EntityOperationSignaled,
+    EntityOperationCalled,
+    EntityLockRequested,
+    EntityUnlockSent,
+)
+_ENTITY_MESSAGE_ONEOF = "EntityMessageType"
+_UNSET_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _put_entity_message(message: Any, field: str, value: Any) -> None:
+    kind = _lookup_model(_EVENT_BY_MODEL, value)
+    body = getattr(message, kind.wire)
+    body.SetInParent()
+    _encode_fields(value, body, kind.fields)
+
+
+def _get_entity_message(message: Any, field: str) -> EntityMessage:
+    wire = message.WhichOneof(field)
+    kind = _EVENT_BY_WIRE.get(wire) if wire is not None else None
+    if kind is None or kind.model not in _ENTITY_MESSAGE_MODELS:
+        raise UnsupportedMessageError(
+            f"protocol orchestrator action 'sendEntityMessage' holds no entity message we know ({wire!r})"
+        )
+    decoded: EntityMessage = kind.model(
+        timestamp=_UNSET_TIME, **_decode_fields(getattr(message, wire), kind.fields)
+    )
+    return decoded
+
+
+_ENTITY_MESSAGE = _Codec(_put_entity_message, _get_entity_message)
 
 _ACTION_KINDS: tuple[_Kind[Any], ...] = (
     _Kind(
@@ -463,6 +602,9 @@ _ACTION_KINDS: tuple[_Kind[Any], ...] = (
             _Field("reason", "reason", _PAYLOAD),
             _Field("recurse", "recurse", _SCALAR),
         ),
+    ),
+    _Kind(
+        SendEntityMessage, "sendEntityMessage", (_Field("message", _ENTITY_MESSAGE_ONEOF, _ENTITY_MESSAGE),)
     ),
 )
 
@@ -744,13 +886,15 @@ def orchestration_work_item_from_pb(
     a worker whose cache is warm needs, and ``history_from_pb`` converts it on a cache miss.
     The orchestrator's name, and the execution id when the request has none, come from the
     ``ExecutionStarted`` event. Raises ``UnsupportedMessageError`` for events duratask has no
-    counterpart for (checked either way).
+    counterpart for (checked either way), and for entity events: duratask's orchestration engine
+    does not run orchestrations that use entities.
     """
     request = message.orchestratorRequest
     if past_events is None:
         if request.requiresHistoryStreaming:
             raise ValueError("the request asks the worker to stream the history: pass past_events")
         past_events = request.pastEvents
+    _refuse_entity_events(itertools.chain(past_events, request.newEvents))
     fields = _decode_fields(request, _ORCHESTRATOR_REQUEST_FIELDS)
     if with_history:
         history: list[HistoryEvent] | None = history_from_pb(past_events)
@@ -774,6 +918,30 @@ def orchestration_work_item_from_pb(
         history_length=len(past_events),
         history=history,
     )
+
+
+_ENTITY_EVENT_WIRES = frozenset(
+    _EVENT_BY_MODEL[model].wire
+    for model in (
+        EntityOperationSignaled,
+        EntityOperationCalled,
+        EntityOperationCompleted,
+        EntityOperationFailed,
+        EntityLockRequested,
+        EntityLockGranted,
+        EntityUnlockSent,
+    )
+)
+
+
+def _refuse_entity_events(messages: Iterable[pb.HistoryEvent]) -> None:
+    for message in messages:
+        wire = message.WhichOneof("eventType")
+        if wire in _ENTITY_EVENT_WIRES:
+            raise UnsupportedMessageError(
+                f"history event {wire!r} belongs to a durable entity exchange, and duratask's "
+                "orchestration engine does not run orchestrations that use entities"
+            )
 
 
 def history_from_pb(messages: Iterable[pb.HistoryEvent]) -> list[HistoryEvent]:
@@ -844,3 +1012,209 @@ def activity_outcome_from_pb(message: pb.ActivityResponse, timestamp: datetime) 
     return TaskCompleted(
         timestamp=timestamp, task_scheduled_id=message.taskId, result=payload_from_pb(message, "result")
     )
+
+
+# --- entities ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignalRequest:
+    """The arguments of ``LocalBackend.signal_entity``, as a ``SignalEntityRequest`` carries them
+    (an empty ``request_id`` is "pick one")."""
+
+    instance_id: str
+    operation: str
+    input: str | None = None
+    request_id: str = ""
+    scheduled_time: datetime | None = None
+
+
+_SIGNAL_FIELDS = (
+    _Field("instance_id", "instanceId", _SCALAR),
+    _Field("operation", "name", _SCALAR),
+    _Field("input", "input", _PAYLOAD),
+    _Field("request_id", "requestId", _SCALAR),
+    _Field("scheduled_time", "scheduledTime", _OPTIONAL_TIME),
+)
+
+
+def signal_request_to_pb(request: SignalRequest) -> pb.SignalEntityRequest:
+    message = pb.SignalEntityRequest()
+    _encode_fields(request, message, _SIGNAL_FIELDS)
+    return message
+
+
+def signal_request_from_pb(message: pb.SignalEntityRequest) -> SignalRequest:
+    return SignalRequest(**_decode_fields(message, _SIGNAL_FIELDS))
+
+
+_OPERATION_REQUEST_FIELDS = (
+    _Field("operation", "operation", _SCALAR),
+    _Field("request_id", "requestId", _SCALAR),
+    _Field("input", "input", _PAYLOAD),
+)
+
+
+def entity_work_item_to_pb(item: EntityWorkItem, *, v2: bool = True) -> pb.WorkItem:
+    """A ``WorkItem`` with the batch: an ``EntityRequest`` (``entityRequestV2``: the operations as
+    history events, as the Durable Task Scheduler sends them) or, with ``v2=False``, the older
+    ``EntityBatchRequest`` (``entityRequest``: operation requests without their callers)."""
+    message = pb.WorkItem(completionToken=item.token)
+    if v2:
+        request = message.entityRequestV2
+        request.SetInParent()
+        request.instanceId = item.instance_id
+        request.executionId = item.execution_id
+        request.operationRequests.extend(event_to_pb(operation) for operation in item.operations)
+    else:
+        request = message.entityRequest
+        request.SetInParent()
+        request.instanceId = item.instance_id
+        for operation in item.operations:
+            _encode_fields(operation, request.operations.add(), _OPERATION_REQUEST_FIELDS)
+    _put_optional_wrapped(request, "entityState", item.state)
+    return message
+
+
+_RESULT_KINDS: tuple[_Kind[Any], ...] = (
+    _Kind(OperationSucceeded, "success", (_Field("result", "result", _PAYLOAD),)),
+    _Kind(OperationFailed, "failure", (_Field("failure", "failureDetails", _FAILURE),)),
+)
+_ENTITY_ACTION_KINDS: tuple[_Kind[Any], ...] = (
+    _Kind(
+        SignalEntityAction,
+        "sendSignal",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("operation", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("scheduled_time", "scheduledTime", _OPTIONAL_TIME),
+        ),
+    ),
+    _Kind(
+        StartOrchestrationAction,
+        "startNewOrchestration",
+        (
+            _Field("instance_id", "instanceId", _SCALAR),
+            _Field("name", "name", _SCALAR),
+            _Field("input", "input", _PAYLOAD),
+            _Field("version", "version", _PAYLOAD),
+            _Field("scheduled_time", "scheduledTime", _OPTIONAL_TIME),
+        ),
+    ),
+)
+_RESULT_BY_MODEL, _RESULT_BY_WIRE = _by_model(_RESULT_KINDS), _by_wire(_RESULT_KINDS)
+_ENTITY_ACTION_BY_MODEL, _ENTITY_ACTION_BY_WIRE = (
+    _by_model(_ENTITY_ACTION_KINDS),
+    _by_wire(_ENTITY_ACTION_KINDS),
+)
+
+
+def _oneof_to_pb(table: Mapping[type[Any], _Kind[Any]], value: Any, message: Any) -> None:
+    kind = _lookup_model(table, value)
+    body = getattr(message, kind.wire)
+    body.SetInParent()
+    _encode_fields(value, body, kind.fields)
+
+
+def _oneof_from_pb(table: Mapping[str, _Kind[Any]], message: Any, oneof: str, what: str) -> Any:
+    kind = _lookup_wire(table, message, oneof, what)
+    return kind.model(**_decode_fields(getattr(message, kind.wire), kind.fields))
+
+
+def entity_batch_result_to_pb(outcome: EntityBatchOutcome, token: str) -> pb.EntityBatchResult:
+    message = pb.EntityBatchResult(completionToken=token)
+    for result in outcome.results:
+        _oneof_to_pb(_RESULT_BY_MODEL, result, message.results.add())
+    for action in outcome.actions:
+        _oneof_to_pb(_ENTITY_ACTION_BY_MODEL, action, message.actions.add())
+    _put_optional_wrapped(message, "entityState", outcome.state)
+    _put_failure(message, "failureDetails", outcome.failure)
+    return message
+
+
+def entity_batch_result_from_pb(message: pb.EntityBatchResult) -> EntityBatchOutcome:
+    """The worker's outcome (which work item it completes: ``completionToken``). A result or an
+    action of no kind we know is ``UnsupportedMessageError``; ``operationInfos`` are not read (the
+    backend knows whom each operation answers)."""
+    results: list[OperationResult] = [
+        _oneof_from_pb(_RESULT_BY_WIRE, r, "resultType", "operation result") for r in message.results
+    ]
+    actions: list[EntityAction] = [
+        _oneof_from_pb(_ENTITY_ACTION_BY_WIRE, a, "operationActionType", "entity operation action")
+        for a in message.actions
+    ]
+    return EntityBatchOutcome(
+        results=results,
+        actions=actions,
+        state=payload_from_pb(message, "entityState"),
+        failure=_get_optional_failure(message, "failureDetails"),
+    )
+
+
+_ENTITY_METADATA_FIELDS = (
+    _Field("instance_id", "instanceId", _SCALAR),
+    _Field("last_modified", "lastModifiedTime", _TIME),
+    _Field("backlog_queue_size", "backlogQueueSize", _SCALAR),
+    _Field("locked_by", "lockedBy", _PAYLOAD),
+    _Field("serialized_state", "serializedState", _PAYLOAD),
+)
+
+
+def entity_metadata_to_pb(metadata: EntityMetadata) -> pb.EntityMetadata:
+    message = pb.EntityMetadata()
+    _encode_fields(metadata, message, _ENTITY_METADATA_FIELDS)
+    return message
+
+
+def entity_metadata_from_pb(message: pb.EntityMetadata) -> EntityMetadata:
+    return EntityMetadata(**_decode_fields(message, _ENTITY_METADATA_FIELDS))
+
+
+def entity_response_to_pb(metadata: EntityMetadata | None) -> pb.GetEntityResponse:
+    if metadata is None:
+        return pb.GetEntityResponse(exists=False)
+    return pb.GetEntityResponse(exists=True, entity=entity_metadata_to_pb(metadata))
+
+
+def _get_optional_int(message: Any, field: str) -> int | None:
+    return int(getattr(message, field).value) if message.HasField(field) else None
+
+
+_OPTIONAL_INT = _Codec(_put_optional_wrapped, _get_optional_int)
+
+_ENTITY_QUERY_FIELDS = (
+    _Field("instance_id_starts_with", "instanceIdStartsWith", _PAYLOAD),
+    _Field("last_modified_from", "lastModifiedFrom", _OPTIONAL_TIME),
+    _Field("last_modified_to", "lastModifiedTo", _OPTIONAL_TIME),
+    _Field("include_state", "includeState", _SCALAR),
+    _Field("include_transient", "includeTransient", _SCALAR),
+    _Field("page_size", "pageSize", _OPTIONAL_INT),
+    _Field("continuation_token", "continuationToken", _PAYLOAD),
+)
+
+
+def entity_query_from_pb(message: pb.EntityQuery) -> EntityQuery:
+    """Our query; an unset or non-positive ``pageSize`` is our default page size, empty texts are
+    unset filters."""
+    decoded = _decode_fields(message, _ENTITY_QUERY_FIELDS)
+    if not decoded["page_size"] or decoded["page_size"] <= 0:
+        del decoded["page_size"]
+    for optional_text in ("instance_id_starts_with", "continuation_token"):
+        decoded[optional_text] = decoded[optional_text] or None
+    return EntityQuery(**decoded)
+
+
+def entity_query_result_to_pb(result: EntityQueryResult) -> pb.QueryEntitiesResponse:
+    message = pb.QueryEntitiesResponse(entities=[entity_metadata_to_pb(m) for m in result.entities])
+    _put_optional_wrapped(message, "continuationToken", result.continuation_token)
+    return message
+
+
+def clean_entity_storage_result_to_pb(result: CleanEntityStorageResult) -> pb.CleanEntityStorageResponse:
+    message = pb.CleanEntityStorageResponse(
+        emptyEntitiesRemoved=result.empty_entities_removed,
+        orphanedLocksReleased=result.orphaned_locks_released,
+    )
+    _put_optional_wrapped(message, "continuationToken", result.continuation_token)
+    return message

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import msgspec
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
@@ -32,7 +33,7 @@ from ..models import TERMINAL_STATUSES, OrchestrationQuery
 from ..protocol import convert, pb
 from .errors import RpcError, invalid, not_found, status_of
 from .settings import DEFAULT_TASKHUB, ServerSettings
-from .work_items import ACTIVITY, ORCHESTRATION, Dispatcher
+from .work_items import ACTIVITY, ENTITY, ORCHESTRATION, Dispatcher
 
 log = logging.getLogger("duratask.server")
 
@@ -243,28 +244,51 @@ class TaskHubService:
         await hub.dispatcher.abandon(request.completionToken, ACTIVITY)
         return pb.AbandonActivityTaskResponse()
 
-    # --- not served (yet) ---------------------------------------------------------------------
-    # Durable entities: SignalEntity, GetEntity, QueryEntities, CleanEntityStorage and entity work
-    # items are answered UNIMPLEMENTED until duratask has entities. Task hub management and
-    # SkipGracefulOrchestrationTerminations likewise: hubs are chosen with `serve --taskhub`.
+    # --- durable entities ---------------------------------------------------------------------
+    # Entities live in the hub's storage as instances "@name@key" (``backend.entities``); their
+    # batches reach workers through the dispatcher, like orchestrations.
 
     async def SignalEntity(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        signal = convert.signal_request_from_pb(request)
+        await hub.backend.signal_entity(
+            signal.instance_id,
+            signal.operation,
+            signal.input,
+            request_id=signal.request_id or None,
+            scheduled_time=signal.scheduled_time,
+        )
+        return pb.SignalEntityResponse()
 
     async def GetEntity(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        # A missing entity is exists=false, as for instances: the official clients read it that way.
+        metadata = await hub.backend.get_entity(request.instanceId, request.includeState)
+        return convert.entity_response_to_pb(metadata)
 
     async def QueryEntities(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        query = convert.entity_query_from_pb(request.query)
+        query = msgspec.structs.replace(query, page_size=min(query.page_size, self.settings.max_page_size))
+        return convert.entity_query_result_to_pb(await hub.backend.query_entities(query))
 
     async def CleanEntityStorage(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        result = await hub.backend.clean_entity_storage(
+            request.removeEmptyEntities,
+            request.releaseOrphanedLocks,
+            convert.payload_from_pb(request, "continuationToken") or None,
+        )
+        return convert.clean_entity_storage_result_to_pb(result)
 
     async def CompleteEntityTask(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        if not await hub.dispatcher.complete_entity(request):
+            raise _lease_lost(request.completionToken)
+        return pb.CompleteTaskResponse()
 
     async def AbandonTaskEntityWorkItem(self, request: Any, context: Any, hub: Hub) -> Any:
-        raise _unimplemented("durable entities")
+        await hub.dispatcher.abandon(request.completionToken, ENTITY)
+        return pb.AbandonEntityTaskResponse()
+
+    # --- not served ----------------------------------------------------------------------------
+    # Task hub management and SkipGracefulOrchestrationTerminations: hubs are chosen with
+    # `serve --taskhub`.
 
     async def CreateTaskHub(self, request: Any, context: Any, hub: Hub) -> Any:
         raise _unimplemented("task hub management (hubs are chosen with `duratask serve --taskhub`)")

@@ -40,6 +40,11 @@ class ServerSettings:
     max_page_size: int = 1000
     #: Events per StreamInstanceHistory chunk.
     history_chunk_events: int = 200
+    #: Entity batches go out as ``entityRequestV2`` (what the Durable Task Scheduler sends); off:
+    #: as the older ``entityRequest``. The official SDKs read both.
+    entity_request_v2: bool = True
+    #: Most operations in one entity batch; the rest follow in the next, in order.
+    max_entity_batch: int = 100
     #: Grace period of a stop: in-flight RPCs may finish this long.
     shutdown_grace_seconds: float = 5.0
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)

@@ -26,6 +26,12 @@ the grace period, then everything unfinished is handed back.
 The adapter decides nothing about orchestrations: leases, completions and hand-backs are the
 backend's; the dispatcher only routes, counts slots and checks what a worker sends back against
 what it was given (``validate_orchestrator_actions``).
+
+Durable entities are a third kind of work: a pump leases entities with messages (the backend
+settles lock traffic itself and hands out batches of operations), routes each batch by entity
+name, and sends it as an ``entityRequestV2`` (as the Durable Task Scheduler does) or, with
+``ServerSettings.entity_request_v2`` off, as the older ``entityRequest``; ``CompleteEntityTask``
+completes it. One batch per entity is in flight at a time (its lease).
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ from typing import Any, Literal
 import grpc
 
 from .. import history as h
+from ..backend import entities
 from ..backend.api import ActivityWorkItem, OrchestrationWorkItem
+from ..backend.entities import EntityWorkItem
 from ..backend.local import LocalBackend, utcnow
 from ..models import OrchestrationRuntimeStatus as Status
 from ..protocol import convert
@@ -52,9 +60,13 @@ from .settings import ServerSettings
 
 log = logging.getLogger("duratask.server")
 
-Kind = Literal["orchestration", "activity"]
+Kind = Literal["orchestration", "activity", "entity"]
 ORCHESTRATION: Kind = "orchestration"
 ACTIVITY: Kind = "activity"
+ENTITY: Kind = "entity"
+KINDS: tuple[Kind, ...] = (ORCHESTRATION, ACTIVITY, ENTITY)
+#: Kinds whose items are instances with one lease (and so one item in flight) per instance.
+_ONE_PER_INSTANCE = frozenset({ORCHESTRATION, ENTITY})
 
 
 # --- worker streams --------------------------------------------------------------------------
@@ -91,13 +103,15 @@ class WorkerStream:
         self.limits: dict[Kind, int] = {
             ORCHESTRATION: request.maxConcurrentOrchestrationWorkItems or settings.default_stream_concurrency,
             ACTIVITY: request.maxConcurrentActivityWorkItems or settings.default_stream_concurrency,
+            ENTITY: request.maxConcurrentEntityWorkItems or settings.default_stream_concurrency,
         }
         filters = request.workItemFilters if request.HasField("workItemFilters") else None
         self.filters: dict[Kind, NameFilter | None] = {
             ORCHESTRATION: NameFilter.of(filters.orchestrations) if filters is not None else None,
             ACTIVITY: NameFilter.of(filters.activities) if filters is not None else None,
+            ENTITY: NameFilter.of(filters.entities) if filters is not None else None,
         }
-        self.busy: dict[Kind, int] = {ORCHESTRATION: 0, ACTIVITY: 0}
+        self.busy: dict[Kind, int] = {kind: 0 for kind in KINDS}
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.closed = False
 
@@ -115,7 +129,7 @@ class WorkerStream:
 @dataclass
 class InFlight:
     kind: Kind
-    item: OrchestrationWorkItem | ActivityWorkItem
+    item: OrchestrationWorkItem | ActivityWorkItem | EntityWorkItem
     stream: WorkerStream
     #: for orchestrations: the event ids the history already gave a scheduling event, by kind
     scheduled: dict[int, Scheduled] = field(default_factory=dict)
@@ -124,7 +138,7 @@ class InFlight:
 @dataclass
 class _Parked:
     kind: Kind
-    item: OrchestrationWorkItem | ActivityWorkItem
+    item: OrchestrationWorkItem | ActivityWorkItem | EntityWorkItem
     name: str
     version: str | None
     deadline: float
@@ -214,6 +228,41 @@ def _validate_action_fields(action: h.OrchestratorAction) -> None:
             f"CompleteOrchestration action id {action.id} has status {action.status.name}, "
             "which does not end an orchestration"
         )
+    _validate_entity_targets(action)
+
+
+def _validate_entity_targets(action: h.OrchestratorAction) -> None:
+    """Entity messages go to entities ("@name@key"); sub-orchestrations and events never do."""
+    if isinstance(action, h.SendEntityMessage):
+        try:
+            entities.validate_message(action.message)
+        except ValueError as exc:
+            raise invalid(f"SendEntityMessage action id {action.id}: {exc}") from None
+    elif isinstance(action, (h.CreateSubOrchestration, h.SendEvent)) and entities.is_entity_id(
+        action.instance_id
+    ):
+        raise invalid(
+            f"{type(action).__name__} action id {action.id} targets {action.instance_id!r}: ids starting "
+            "with '@' are reserved for durable entities (signal or call the entity instead)"
+        )
+
+
+def _validate_entity_outcome(outcome: entities.EntityBatchOutcome, item: EntityWorkItem) -> None:
+    """Refuse (``INVALID_ARGUMENT``) a batch result that cannot answer the batch it completes."""
+    if len(outcome.results) > len(item.operations):
+        raise invalid(f"{len(outcome.results)} results answer a batch of {len(item.operations)} operations")
+    for action in outcome.actions:
+        if isinstance(action, entities.SignalEntityAction):
+            try:
+                entities.parse_entity_id(action.instance_id)
+            except ValueError as exc:
+                raise invalid(f"an operation of {item.instance_id!r} signals {exc}") from None
+        elif entities.is_entity_id(action.instance_id):
+            raise invalid(
+                f"an operation of {item.instance_id!r} starts an orchestration with the entity id {action.instance_id!r}"
+            )
+        elif not action.name:
+            raise invalid(f"an operation of {item.instance_id!r} starts an orchestration without a name")
 
 
 # --- the dispatcher --------------------------------------------------------------------------
@@ -229,10 +278,10 @@ class Dispatcher:
         self.in_flight: dict[str, InFlight] = {}
         self._token_of_instance: dict[str, str] = {}
         self._parked: list[_Parked] = []
-        self._room: dict[Kind, asyncio.Event] = {ORCHESTRATION: asyncio.Event(), ACTIVITY: asyncio.Event()}
+        self._room: dict[Kind, asyncio.Event] = {kind: asyncio.Event() for kind in KINDS}
         self._pumps: list[asyncio.Task[None]] = []
         self._round_robin = itertools.count()
-        self._last_lease_partial: dict[Kind, bool] = {ORCHESTRATION: False, ACTIVITY: False}
+        self._last_lease_partial: dict[Kind, bool] = {kind: False for kind in KINDS}
         self._stopping = False
 
     # --- streams ---------------------------------------------------------------------------
@@ -245,10 +294,11 @@ class Dispatcher:
         self._start_pumps()
         self._signal_room()
         log.info(
-            "worker stream %s connected: up to %d orchestrations and %d activities at once%s",
+            "worker stream %s connected: up to %d orchestrations, %d activities and %d entity batches at once%s",
             stream.id[:8],
             stream.limits[ORCHESTRATION],
             stream.limits[ACTIVITY],
+            stream.limits[ENTITY],
             ", with work-item filters" if request.HasField("workItemFilters") else "",
         )
         return stream
@@ -265,7 +315,7 @@ class Dispatcher:
         log.info("worker stream %s ended; %d unfinished work item(s) handed back", stream.id[:8], len(mine))
 
     def _signal_room(self, kind: Kind | None = None) -> None:
-        for k in (kind,) if kind else (ORCHESTRATION, ACTIVITY):
+        for k in (kind,) if kind else KINDS:
             self._room[k].set()
 
     def _start_pumps(self) -> None:
@@ -274,6 +324,7 @@ class Dispatcher:
             self._pumps = [
                 loop.create_task(self._pump(ORCHESTRATION), name="duratask-server-orchestrations"),
                 loop.create_task(self._pump(ACTIVITY), name="duratask-server-activities"),
+                loop.create_task(self._pump(ENTITY), name="duratask-server-entities"),
             ]
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
@@ -323,17 +374,11 @@ class Dispatcher:
             # Busy: let finished work pile up for about one storage commit, then take it in one
             # lease (each lease is a storage transaction, queued with the completions).
             await asyncio.sleep(self.settings.lease_gather_seconds)
-        items: list[Any] = list(
-            await (
-                self.backend.lease_orchestrations(limit)
-                if kind == ORCHESTRATION
-                else self.backend.lease_activities(limit)
-            )
-        )
+        items: list[Any] = await self._lease(kind, limit)
         if not items:
             # The backend's wait covers work committed since the lease, due timers, and polling
             # when other processes share the storage; a stream that frees room wakes us too.
-            work = asyncio.ensure_future(self.backend.wait_for_work(kind, self._park_wait() or 5.0))
+            work = asyncio.ensure_future(self._backend_wait(kind, self._park_wait() or 5.0))
             try:
                 await self._wait(room, None, also=(work,))
             finally:
@@ -344,9 +389,33 @@ class Dispatcher:
             for item in items:
                 self._route(kind, item, item.name, item.version, {})
             return
+        if kind == ENTITY:  # routed by entity name
+            for item in items:
+                self._route(kind, item, item.name, None, {})
+            return
         routes = await asyncio.gather(*(self._describe(item) for item in items))
         for item, (name, version, scheduled) in zip(items, routes):
             self._route(kind, item, name, version, scheduled)
+
+    async def _lease(self, kind: Kind, limit: int) -> list[Any]:
+        if kind == ORCHESTRATION:
+            return list(await self.backend.lease_orchestrations(limit))
+        if kind == ACTIVITY:
+            return list(await self.backend.lease_activities(limit))
+        return list(await self.backend.lease_entities(limit, self.settings.max_entity_batch))
+
+    async def _backend_wait(self, kind: Kind, timeout: float) -> None:
+        if kind == ENTITY:
+            await self.backend.wait_for_entity_work(timeout)
+        else:
+            await self.backend.wait_for_work(
+                "orchestration" if kind == ORCHESTRATION else "activity", timeout
+            )
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # asyncio.wait_for (in the notifier's wait) returns normally when its future completes
+            # just as it is cancelled: end here anyway, or a pump that is being stopped runs on.
+            raise asyncio.CancelledError
 
     def _low_water(self, kind: Kind) -> int:
         """Free slots worth a lease. While workers hold a good part of their limit they have work
@@ -390,14 +459,17 @@ class Dispatcher:
         return roomy[next(self._round_robin) % len(roomy)]
 
     def _send(self, kind: Kind, item: Any, stream: WorkerStream, scheduled: dict[int, Scheduled]) -> None:
-        if kind == ORCHESTRATION:
-            # One orchestration item per instance in flight: a newer lease supersedes an older one
-            # (whose lease expired), and the older token goes stale.
+        if kind in _ONE_PER_INSTANCE:
+            # One orchestration (or entity) item per instance in flight: a newer lease supersedes
+            # an older one (whose lease expired), and the older token goes stale.
             older = self._token_of_instance.pop(item.instance_id, None)
             if older is not None:
                 self._forget(older)
             self._token_of_instance[item.instance_id] = item.token
+        if kind == ORCHESTRATION:
             message = convert.orchestration_work_item_to_pb(item)
+        elif kind == ENTITY:
+            message = convert.entity_work_item_to_pb(item, v2=self.settings.entity_request_v2)
         else:
             message = convert.activity_work_item_to_pb(item)
         stream.busy[kind] += 1
@@ -457,7 +529,7 @@ class Dispatcher:
         if flight is None:
             return None
         flight.stream.busy[flight.kind] -= 1
-        if flight.kind == ORCHESTRATION:
+        if flight.kind in _ONE_PER_INSTANCE:
             instance_id = flight.item.instance_id
             if self._token_of_instance.get(instance_id) == token:
                 del self._token_of_instance[instance_id]
@@ -508,6 +580,19 @@ class Dispatcher:
         (applied,) = await self.backend.complete_activities([(item, outcome)])
         return applied
 
+    async def complete_entity(self, result: Any) -> bool:
+        """Apply a worker's ``EntityBatchResult``; ``False`` if the lease was lost meanwhile."""
+        token = result.completionToken
+        flight = self.take(token, ENTITY)
+        item = flight.item
+        assert isinstance(item, EntityWorkItem)
+        with self._refusal_hands_back(token):
+            outcome = convert.entity_batch_result_from_pb(result)
+            _validate_entity_outcome(outcome, item)
+        self._forget(token)
+        (applied,) = await self.backend.complete_entities([(item, outcome)])
+        return applied
+
     @contextlib.contextmanager
     def _refusal_hands_back(self, token: str) -> Iterator[None]:
         """A refused completion leaves stored state alone; the item stays leased for
@@ -538,8 +623,11 @@ class Dispatcher:
             await self._abandon(flight.kind, flight.item)
 
     async def _abandon(self, kind: Kind, item: Any) -> None:
-        abandon: Callable[[Any], Any] = (
-            self.backend.abandon_orchestration if kind == ORCHESTRATION else self.backend.abandon_activity
-        )
+        abandons: dict[Kind, Callable[[Any], Any]] = {
+            ORCHESTRATION: self.backend.abandon_orchestration,
+            ACTIVITY: self.backend.abandon_activity,
+            ENTITY: self.backend.abandon_entity,
+        }
+        abandon = abandons[kind]
         with contextlib.suppress(Exception):  # a lost lease needs no hand-back
             await abandon(item)

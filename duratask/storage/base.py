@@ -191,6 +191,15 @@ class ImportConflictError(OrchestrationAlreadyExistsError):
         self.instance_ids = instance_ids
 
 
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """The ids starting with ``prefix`` as the range [low, high) of code-point order (how both
+    storages sort ids), so that an index serves a prefix filter."""
+    head = prefix.rstrip(chr(0x10FFFF))
+    if not head:
+        return prefix, chr(0x10FFFF) * (len(prefix) + 1)  # no upper bound below the largest ids
+    return prefix, head[:-1] + chr(ord(head[-1]) + 1)
+
+
 class Storage(Protocol):
     """The persistence seam. One object serves one task hub of one database."""
 
@@ -230,13 +239,33 @@ class Storage(Protocol):
     async def delete_instances_matching(self, filter: InstanceFilter) -> int:
         """Delete every terminal instance matching ``filter``; returns the count."""
 
+    async def delete_idle_instances(self, instance_ids: list[str]) -> int:
+        """Delete those of the instances, whatever their status, that no live lease holds and that
+        have no inbox messages and no activities, with their history; returns the count.
+
+        Atomic against senders: a message sent at the same time is either in the inbox first (the
+        instance stays) or finds the instance gone (dropped, as for any missing instance).
+        """
+
     async def next_visible_at(self) -> datetime | None:
         """When the earliest not-yet-visible inbox message becomes visible (timers), if any."""
 
     # --- orchestration work items -----------------------------------------------------------
 
-    async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
-        """Lease up to ``limit`` unlocked (or lease-expired) instances that have visible inbox messages."""
+    async def lease_orchestrations(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        id_prefix: str | None = None,
+        exclude_id_prefix: str | None = None,
+    ) -> list[OrchestrationLease]:
+        """Lease up to ``limit`` unlocked (or lease-expired) instances that have visible inbox messages.
+
+        With ``id_prefix`` only instances whose id starts with it; with ``exclude_id_prefix`` none
+        whose id starts with it (literal prefixes: the backend keeps entities, ``@name@key``, apart
+        from orchestrations this way).
+        """
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         """Apply each commit whose lease holds, in one transaction; consumes the leased messages

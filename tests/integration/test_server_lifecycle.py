@@ -214,14 +214,9 @@ async def test_payloads_over_the_storage_limit_are_resource_exhausted(tmp_path: 
         server.stop()
 
 
-async def test_entities_and_hub_management_are_unimplemented(server: ServerThread, stub: Any) -> None:
+async def test_hub_management_is_unimplemented(server: ServerThread, stub: Any) -> None:
+    # (Durable entities are served: tests/compat/test_entities.py.)
     calls = [
-        stub.SignalEntity(pb.SignalEntityRequest(instanceId="@counter@x", name="add")),
-        stub.GetEntity(pb.GetEntityRequest(instanceId="@counter@x")),
-        stub.QueryEntities(pb.QueryEntitiesRequest()),
-        stub.CleanEntityStorage(pb.CleanEntityStorageRequest()),
-        stub.CompleteEntityTask(pb.EntityBatchResult()),
-        stub.AbandonTaskEntityWorkItem(pb.AbandonEntityTaskRequest()),
         stub.CreateTaskHub(pb.CreateTaskHubRequest()),
         stub.DeleteTaskHub(pb.DeleteTaskHubRequest()),
     ]

@@ -280,7 +280,7 @@ async def test_history_arrives_in_chunks_and_skips_what_we_cannot_model(
     sidecar.history = [
         convert.event_to_pb(h.OrchestratorStarted(timestamp=T0)),
         convert.event_to_pb(started),
-        pb.HistoryEvent(eventId=3, entityLockGranted=pb.EntityLockGrantedEvent(criticalSectionId="c")),
+        pb.HistoryEvent(eventId=3, genericEvent=pb.GenericEvent()),
         convert.event_to_pb(h.EventRaised(timestamp=T0, name="go")),
     ]
     events = await backend.get_history("i1")

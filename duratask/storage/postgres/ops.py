@@ -23,6 +23,7 @@ from ..base import (
     OrchestrationCommit,
     OrchestrationLease,
     PageCursor,
+    prefix_range,
 )
 from .db import Connection, Tx
 from .filters import TERMINAL_STATUS_VALUES, select_instances, select_purgeable_ids
@@ -167,6 +168,16 @@ async def delete_instances(tx: Tx, instance_ids: list[str]) -> int:
     return len(deleted)
 
 
+async def delete_idle_instances(tx: Tx, instance_ids: list[str]) -> int:
+    key = {"taskhub": tx.taskhub, "instance_ids": list(dict.fromkeys(instance_ids))}
+    await tx.conn.execute(Q.lock_instances_for_delete, key)
+    deleted = [instance_id for (instance_id,) in await _all(tx.conn, Q.delete_idle_instances, key)]
+    if deleted:
+        await tx.conn.execute(Q.delete_history_of, {"taskhub": tx.taskhub, "instance_ids": deleted})
+        tx.notify(*(instance_topic(instance_id) for instance_id in deleted))
+    return len(deleted)
+
+
 async def delete_matching_batch(tx: Tx, filter: InstanceFilter, batch: int) -> int:
     """Delete up to ``batch`` terminal instances matching ``filter``; the caller repeats until fewer.
 
@@ -181,7 +192,13 @@ async def delete_matching_batch(tx: Tx, filter: InstanceFilter, batch: int) -> i
 # --- orchestration work items ----------------------------------------------------------------
 
 
-async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+async def lease_orchestrations(
+    tx: Tx,
+    limit: int,
+    lease_seconds: float,
+    id_prefix: str | None = None,
+    exclude_id_prefix: str | None = None,
+) -> list[OrchestrationLease]:
     """One statement (see queries.sql), run outside any explicit transaction."""
     if limit <= 0:
         return []
@@ -190,7 +207,12 @@ async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list
         "limit": limit,
         "scan_limit": limit * _SCAN_FACTOR,
         "lease_seconds": float(lease_seconds),
+        "exclude_id_prefix": exclude_id_prefix or None,
     }
+    query = Q.lease_orchestrations
+    if id_prefix:
+        query = Q.lease_orchestrations_in_range
+        params["id_from"], params["id_to"] = prefix_range(id_prefix)
     width = len(INSTANCE_COLUMNS)
     return [
         OrchestrationLease(
@@ -200,7 +222,7 @@ async def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list
             new_events=[decode_event(event) for event in row[width + 4] or ()],
             history_length=row[width],
         )
-        for row in await _all(tx.conn, Q.lease_orchestrations, params)
+        for row in await _all(tx.conn, query, params)
     ]
 
 

@@ -71,6 +71,24 @@ WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
   AND status = ANY(%(terminal)s::smallint[])
 RETURNING instance_id;
 
+-- The ids about to be deleted if idle, locked first: a writer adding a message (FOR KEY SHARE)
+-- finishes before, and the next statement, with a fresh snapshot, sees its message.
+-- name: lock_instances_for_delete
+SELECT instance_id FROM duratask_instances
+WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[])
+ORDER BY instance_id
+FOR UPDATE;
+
+-- Whatever its status: no live lease, nothing in its inbox, no activities.
+-- name: delete_idle_instances
+DELETE FROM duratask_instances AS i
+WHERE i.taskhub = %(taskhub)s AND i.instance_id = ANY(%(instance_ids)s::text[]) AND i.lease_expires <= now()
+  AND NOT EXISTS (SELECT 1 FROM duratask_inbox AS m WHERE m.taskhub = i.taskhub AND m.instance_id = i.instance_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM duratask_activities AS a WHERE a.taskhub = i.taskhub AND a.instance_id = i.instance_id
+  )
+RETURNING i.instance_id;
+
 -- name: delete_history_of
 DELETE FROM duratask_history WHERE taskhub = %(taskhub)s AND instance_id = ANY(%(instance_ids)s::text[]);
 
@@ -149,6 +167,43 @@ WITH scanned AS (
     FROM duratask_inbox AS m
     JOIN duratask_instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
     WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
+      AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
+    ORDER BY m.visible_at
+    LIMIT %(scan_limit)s
+    FOR NO KEY UPDATE OF i, m SKIP LOCKED
+), picked AS (
+    SELECT instance_id, min(visible_at) AS first_visible
+    FROM scanned
+    GROUP BY instance_id
+    ORDER BY first_visible
+    LIMIT %(limit)s
+), taken AS (
+    UPDATE duratask_instances AS i
+    SET lease_token = gen_random_uuid()::text,
+        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+    FROM picked
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, picked.first_visible
+), marked AS (
+    UPDATE duratask_inbox AS m SET lease_token = t.lease_token
+    FROM taken AS t
+    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id AND m.visible_at <= now()
+    RETURNING m.instance_id, m.id, m.event
+)
+SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
+FROM taken AS t
+ORDER BY t.first_visible;
+
+-- The same, for the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as an index
+-- range: leasing entities, "@...", does not walk the orchestrations' messages).
+-- name: lease_orchestrations_in_range
+WITH scanned AS (
+    SELECT i.instance_id, m.visible_at
+    FROM duratask_inbox AS m
+    JOIN duratask_instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
+    WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
+      AND m.instance_id >= %(id_from)s::text AND m.instance_id < %(id_to)s::text
+      AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
     ORDER BY m.visible_at
     LIMIT %(scan_limit)s
     FOR NO KEY UPDATE OF i, m SKIP LOCKED

@@ -38,6 +38,8 @@ class Queries:
     insert_instance: str
     update_instance_and_release: str
     delete_terminal_instances: str
+    lock_instances_for_delete: str
+    delete_idle_instances: str
     delete_history_of: str
     delete_inbox_of: str
     delete_activities_of: str
@@ -49,6 +51,7 @@ class Queries:
     any_visible_message: str
     next_visible_at: str
     lease_orchestrations: str
+    lease_orchestrations_in_range: str
     lock_live_leases: str
     consume_messages: str
     release_instance_lease: str

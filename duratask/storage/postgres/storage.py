@@ -200,15 +200,29 @@ class PostgresStorage:
             if deleted < PURGE_BATCH:
                 return total
 
+    async def delete_idle_instances(self, instance_ids: list[str]) -> int:
+        if not instance_ids:
+            return 0
+        return await self._write(lambda tx: ops.delete_idle_instances(tx, instance_ids), replay_safe=True)
+
     async def next_visible_at(self) -> datetime | None:
         return await self._read(lambda conn: ops.next_visible_at(conn, self.taskhub))
 
     # --- orchestration work items -------------------------------------------------------------
 
-    async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+    async def lease_orchestrations(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        id_prefix: str | None = None,
+        exclude_id_prefix: str | None = None,
+    ) -> list[OrchestrationLease]:
         # Replay-safe enough: leases taken by a COMMIT whose reply was lost just expire, as if a
         # worker had died holding them.
-        return await self._write_statement(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
+        return await self._write_statement(
+            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix)
+        )
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:

@@ -22,6 +22,7 @@ from ..base import (
     OrchestrationCommit,
     OrchestrationLease,
     PageCursor,
+    prefix_range,
 )
 from .paging import query_page
 from .rows import from_micros, instance_from_row, instance_params, seconds_to_micros, to_micros
@@ -122,19 +123,41 @@ def _insert_messages(tx: Tx, messages: list[InboxMessage]) -> bool:
     return bool(messages)
 
 
+def delete_idle_instances(tx: Tx, instance_ids: list[str]) -> int:
+    deleted = 0
+    for instance_id in dict.fromkeys(instance_ids):
+        key = {"taskhub": tx.taskhub, "instance_id": instance_id}
+        if tx.conn.execute(Q.delete_idle_instance, {**key, "now": tx.now}).rowcount:
+            tx.conn.execute(Q.delete_instance_history, key)
+            tx.notify(instance_topic(instance_id))
+            deleted += 1
+    return deleted
+
+
 # --- orchestration work items ----------------------------------------------------------------
 
 
-def lease_orchestrations(tx: Tx, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
+def lease_orchestrations(
+    tx: Tx,
+    limit: int,
+    lease_seconds: float,
+    id_prefix: str | None = None,
+    exclude_id_prefix: str | None = None,
+) -> list[OrchestrationLease]:
     if limit <= 0:
         return []
     conn, taskhub, now = tx.conn, tx.taskhub, tx.now
-    candidates = [
-        instance_id
-        for (instance_id,) in conn.execute(
-            Q.orchestration_candidates, {"taskhub": taskhub, "now": now, "limit": limit}
-        )
-    ]
+    params: dict[str, object] = {
+        "taskhub": taskhub,
+        "now": now,
+        "limit": limit,
+        "exclude_id_prefix": exclude_id_prefix or None,
+    }
+    query = Q.orchestration_candidates
+    if id_prefix:
+        query = Q.candidates_in_range
+        params["id_from"], params["id_to"] = prefix_range(id_prefix)
+    candidates = [instance_id for (instance_id,) in conn.execute(query, params)]
     if not candidates:
         return []
     expires = now + seconds_to_micros(lease_seconds)

@@ -52,6 +52,13 @@ WHERE taskhub = :taskhub AND instance_id = :instance_id;
 -- name: delete_instance_row
 DELETE FROM instances WHERE taskhub = :taskhub AND instance_id = :instance_id;
 
+-- Whatever its status: no live lease, nothing in its inbox, no activities.
+-- name: delete_idle_instance
+DELETE FROM instances
+WHERE taskhub = :taskhub AND instance_id = :instance_id AND lease_expires <= :now
+    AND NOT EXISTS (SELECT 1 FROM inbox WHERE taskhub = :taskhub AND instance_id = :instance_id)
+    AND NOT EXISTS (SELECT 1 FROM activities WHERE taskhub = :taskhub AND instance_id = :instance_id);
+
 -- name: delete_instance_history
 DELETE FROM history WHERE taskhub = :taskhub AND instance_id = :instance_id;
 
@@ -105,12 +112,27 @@ SELECT MIN(visible_at) FROM inbox WHERE taskhub = :taskhub AND visible_at > :now
 
 -- --- orchestration leases ----------------------------------------------------------------------
 
--- Instances with a visible message and no live lease, oldest visible message first.
+-- Instances with a visible message and no live lease, oldest visible message first; none whose id
+-- starts with :exclude_id_prefix.
 -- name: orchestration_candidates
 SELECT DISTINCT m.instance_id
 FROM inbox AS m
 JOIN instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
 WHERE m.taskhub = :taskhub AND m.visible_at <= :now AND i.lease_expires <= :now
+    AND (:exclude_id_prefix IS NULL OR substr(m.instance_id, 1, length(:exclude_id_prefix)) <> :exclude_id_prefix)
+LIMIT :limit;
+
+-- The same among the ids in [:id_from, :id_to) (an id prefix as a range of the instance index:
+-- leasing entities, "@...", does not walk the orchestrations' messages).
+-- name: candidates_in_range
+SELECT m.instance_id
+FROM inbox AS m INDEXED BY inbox_by_instance
+JOIN instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
+WHERE m.taskhub = :taskhub AND m.instance_id >= :id_from AND m.instance_id < :id_to
+    AND m.visible_at <= :now AND i.lease_expires <= :now
+    AND (:exclude_id_prefix IS NULL OR substr(m.instance_id, 1, length(:exclude_id_prefix)) <> :exclude_id_prefix)
+GROUP BY m.instance_id
+ORDER BY min(m.visible_at)
 LIMIT :limit;
 
 -- name: take_instance_lease

@@ -34,6 +34,7 @@ class Queries:
     update_instance_and_release: str
     update_instance_identity: str
     delete_instance_row: str
+    delete_idle_instance: str
     delete_instance_history: str
     delete_instance_inbox: str
     delete_instance_activities: str
@@ -46,6 +47,7 @@ class Queries:
     any_visible_messages: str
     next_visible_at: str
     orchestration_candidates: str
+    candidates_in_range: str
     take_instance_lease: str
     mark_messages: str
     leased_instances: str

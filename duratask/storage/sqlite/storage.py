@@ -191,13 +191,27 @@ class SqliteStorage:
             if deleted < purge.PURGE_BATCH:
                 return total
 
+    async def delete_idle_instances(self, instance_ids: list[str]) -> int:
+        if not instance_ids:
+            return 0
+        return await self._write(lambda tx: ops.delete_idle_instances(tx, instance_ids))
+
     async def next_visible_at(self) -> datetime | None:
         return await self._read(ops.next_visible_at)
 
     # --- orchestration work items -------------------------------------------------------------
 
-    async def lease_orchestrations(self, limit: int, lease_seconds: float) -> list[OrchestrationLease]:
-        return await self._write_unsynced(lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds))
+    async def lease_orchestrations(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        id_prefix: str | None = None,
+        exclude_id_prefix: str | None = None,
+    ) -> list[OrchestrationLease]:
+        return await self._write_unsynced(
+            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix)
+        )
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:
