@@ -48,10 +48,9 @@ class Notifier:
     async def wait(self, fut: asyncio.Future[None], timeout: float | None) -> bool:
         """Wait on a registered future; ``False`` when ``timeout`` passed first. Always unregisters."""
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-            return True
-        except TimeoutError:
-            return False
+            # asyncio.wait, unlike wait_for, never swallows a cancellation of the waiter.
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+            return bool(done)
         finally:
             self.unregister(fut)
 
