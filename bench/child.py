@@ -27,7 +27,10 @@ EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 3
 async def run_workload(system: str, workload: str, params: Params) -> Metrics:
     open_driver = SYSTEMS[system].open_driver()
     async with open_driver(params) as driver:
-        return await WORKLOADS[workload](driver, params)
+        metrics = await WORKLOADS[workload](driver, params)
+        # Figures only some systems can give (the gRPC path: CPU of the server process apart).
+        extra = getattr(driver, "extra_metrics", None)
+        return {**metrics, **(extra() if extra is not None else {})}
 
 
 def _outcome(system: str, workload: str, params: Params) -> tuple[int, dict[str, Any]]:

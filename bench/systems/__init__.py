@@ -51,5 +51,25 @@ SYSTEMS: dict[str, SystemInfo] = {
             PEER_WORKLOADS,
             "official durabletask SDK; in-memory gRPC sidecar (durabletask.testing) in its own process",
         ),
+        # The gRPC path (bench/systems/grpc_path.py): every server in a process of its own, its CPU
+        # reported apart (server_cpu_ms_per_instance, sdk_cpu_ms_per_instance).
+        SystemInfo(
+            "grpc-official-duratask",
+            "bench.systems.grpc_official_duratask",
+            PEER_WORKLOADS,
+            "official durabletask SDK (worker + client) -> `duratask serve` on SQLite (durable), own process",
+        ),
+        SystemInfo(
+            "grpc-official-inmemory",
+            "bench.systems.grpc_official_inmemory",
+            PEER_WORKLOADS,
+            "official durabletask SDK (worker + client) -> its in-memory backend (durabletask.testing), own process",
+        ),
+        SystemInfo(
+            "grpc-duratask-sdk",
+            "bench.systems.grpc_duratask_sdk",
+            PEER_WORKLOADS,
+            "duratask SDK (worker + client) over Endpoint= -> `duratask serve` on SQLite (durable), own process",
+        ),
     )
 }

@@ -392,6 +392,13 @@ class LocalBackend:
     async def complete_orchestrations(
         self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
     ) -> list[bool]:
+        return [applied for applied, _ in await self.commit_episodes(done)]
+
+    async def commit_episodes(
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+    ) -> list[tuple[bool, OrchestrationCommit]]:
+        """``complete_orchestrations``, also returning each episode's commit (what it appended to
+        the history): ``duratask serve`` keeps the histories of the instances it runs from them."""
         now = utcnow()
         commits: list[OrchestrationCommit] = []
         for item, result in done:
@@ -406,7 +413,8 @@ class LocalBackend:
             commits.append(commit)
         await self._refuse_clashing_sub_orchestrations(commits)
         await self._terminate_children_of_terminated(commits, done)
-        return await self.storage.commit_orchestrations(commits)
+        applied = await self.storage.commit_orchestrations(commits)
+        return list(zip(applied, commits, strict=True))
 
     def _enforce_payload_limits(self, result: OrchestrationResult) -> OrchestrationResult:
         """An oversized payload (or custom status) fails the instance instead of being stored."""

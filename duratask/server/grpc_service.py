@@ -212,13 +212,7 @@ class TaskHubService:
         ping = self.settings.health_ping_seconds
         try:
             while True:
-                if not stream.outbox.empty():
-                    item = stream.outbox.get_nowait()
-                else:
-                    try:
-                        item = await asyncio.wait_for(stream.outbox.get(), ping)
-                    except TimeoutError:
-                        item = pb.WorkItem(healthPing=pb.HealthPing())
+                item = await stream.next_message(ping)
                 if item is None:  # the server is stopping: end the stream, the worker reconnects
                     return
                 yield item

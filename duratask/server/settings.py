@@ -40,6 +40,8 @@ class ServerSettings:
     max_page_size: int = 1000
     #: Events per StreamInstanceHistory chunk.
     history_chunk_events: int = 200
+    #: Most history events kept between an instance's episodes (``server.history_cache``), in all.
+    history_cache_events: int = 100_000
     #: Entity batches go out as ``entityRequestV2`` (what the Durable Task Scheduler sends); off:
     #: as the older ``entityRequest``. The official SDKs read both.
     entity_request_v2: bool = True

@@ -42,11 +42,13 @@ import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
+import msgspec
 
 from .. import history as h
 from ..backend import entities
@@ -54,8 +56,10 @@ from ..backend.api import ActivityWorkItem, OrchestrationWorkItem
 from ..backend.entities import EntityWorkItem
 from ..backend.local import LocalBackend, utcnow
 from ..models import OrchestrationRuntimeStatus as Status
-from ..protocol import convert
+from ..protocol import convert, pb
+from ..storage.base import OrchestrationCommit
 from .errors import RpcError, invalid, not_found
+from .history_cache import History, HistoryCache
 from .settings import ServerSettings
 
 log = logging.getLogger("duratask.server")
@@ -112,15 +116,45 @@ class WorkerStream:
             ENTITY: NameFilter.of(filters.entities) if filters is not None else None,
         }
         self.busy: dict[Kind, int] = {kind: 0 for kind in KINDS}
-        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._outbox: deque[Any] = deque()
+        self._woken: asyncio.Future[None] | None = None
         self.closed = False
 
     def free(self, kind: Kind) -> int:
         return 0 if self.closed else max(0, self.limits[kind] - self.busy[kind])
 
+    def send(self, message: Any) -> None:
+        """Queue ``message`` for the worker (``None`` ends the stream)."""
+        self._outbox.append(message)
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
+
+    async def next_message(self, idle_seconds: float) -> Any:
+        """The next queued message, or a ``HealthPing`` once ``idle_seconds`` pass without one.
+
+        A future and a timer rather than ``wait_for`` on a queue: this runs once per work item
+        sent, and ``wait_for`` costs a task and several event-loop rounds each time."""
+        if not self._outbox:
+            loop = asyncio.get_running_loop()
+            self._woken = woken = loop.create_future()
+            timer = loop.call_later(idle_seconds, _resolve, woken)
+            try:
+                await woken
+            finally:
+                timer.cancel()
+                self._woken = None
+            if not self._outbox:
+                return pb.WorkItem(healthPing=pb.HealthPing())
+        return self._outbox.popleft()
+
     def accepts(self, kind: Kind, name: str, version: str | None) -> bool:
         f = self.filters[kind]
         return f is None or f.accepts(name, version)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # --- in-flight items -------------------------------------------------------------------------
@@ -133,6 +167,8 @@ class InFlight:
     stream: WorkerStream
     #: for orchestrations: the event ids the history already gave a scheduling event, by kind
     scheduled: dict[int, Scheduled] = field(default_factory=dict)
+    #: for orchestrations: the history the item went out with
+    history: History | None = None
 
 
 @dataclass
@@ -142,6 +178,7 @@ class _Parked:
     name: str
     version: str | None
     deadline: float
+    history: History | None = None
 
 
 _SCHEDULING_EVENT_OF_ACTION: dict[type, type] = {
@@ -283,6 +320,8 @@ class Dispatcher:
         self._round_robin = itertools.count()
         self._last_lease_partial: dict[Kind, bool] = {kind: False for kind in KINDS}
         self._stopping = False
+        #: histories of the instances in flight, kept from one episode to the next
+        self.histories = HistoryCache(settings.history_cache_events)
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -341,7 +380,7 @@ class Dispatcher:
         self._parked.clear()
         for stream in list(self.streams.values()):
             stream.closed = True
-            stream.outbox.put_nowait(None)
+            stream.send(None)
         deadline = time.monotonic() + drain_seconds
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -375,16 +414,13 @@ class Dispatcher:
             # lease (each lease is a storage transaction, queued with the completions).
             await asyncio.sleep(self.settings.lease_gather_seconds)
         items: list[Any] = await self._lease(kind, limit)
-        if not items:
-            # The backend's wait covers work committed since the lease, due timers, and polling
-            # when other processes share the storage; a stream that frees room wakes us too.
-            work = asyncio.ensure_future(self._backend_wait(kind, self._park_wait() or 5.0))
-            try:
-                await self._wait(room, None, also=(work,))
-            finally:
-                work.cancel()
-            return
-        self._last_lease_partial[kind] = len(items) < limit
+        if items:
+            self._last_lease_partial[kind] = len(items) < limit
+            await self._route_all(kind, items)
+        if len(items) < limit:
+            await self._wait_for_work(kind, room)
+
+    async def _route_all(self, kind: Kind, items: list[Any]) -> None:
         if kind == ACTIVITY:  # everything needed is on the item
             for item in items:
                 self._route(kind, item, item.name, item.version, {})
@@ -393,9 +429,27 @@ class Dispatcher:
             for item in items:
                 self._route(kind, item, item.name, None, {})
             return
-        routes = await asyncio.gather(*(self._describe(item) for item in items))
-        for item, (name, version, scheduled) in zip(items, routes):
-            self._route(kind, item, name, version, scheduled)
+        histories = await self._histories_of(items)
+        for item, history in zip(items, histories, strict=True):
+            name, version, scheduled = self._describe(item, history)
+            self._route(kind, item, name, version, scheduled, history)
+
+    async def _wait_for_work(self, kind: Kind, room: asyncio.Event) -> None:
+        """After a lease that found less than it could take: the storage has nothing more visible,
+        so wait for new work. The backend's wait covers work committed since the lease began (its
+        wake-up was armed then), due timers, and polling when other processes share the storage.
+        Free room alone is no reason to lease again (each lease is a storage transaction, and an
+        empty one right after a completion only finds the completion not yet committed), except
+        for parked items, which room lets through."""
+        timeout = self._park_wait() or 5.0
+        if not any(p.kind == kind for p in self._parked):
+            await self._backend_wait(kind, timeout)
+            return
+        work = asyncio.ensure_future(self._backend_wait(kind, timeout))
+        try:
+            await self._wait(room, None, also=(work,))
+        finally:
+            work.cancel()
 
     async def _lease(self, kind: Kind, limit: int) -> list[Any]:
         if kind == ORCHESTRATION:
@@ -427,28 +481,59 @@ class Dispatcher:
             return 1
         return max(1, min(self.settings.lease_batch, limit // 10))
 
-    async def _describe(self, item: OrchestrationWorkItem) -> tuple[str, str | None, dict[int, Scheduled]]:
+    def _describe(
+        self, item: OrchestrationWorkItem, history: History
+    ) -> tuple[str, str | None, dict[int, Scheduled]]:
         """Name and version to route an orchestration item by; its full history goes into it."""
-        if item.history is None:
-            # Straight from the storage: one read, not the backend's check-then-read (the instance
-            # exists: it is leased and running, and only finished instances are purged).
-            item.history = await self.backend.storage.get_history(item.instance_id)
-        history = item.history
+        item.history = history.events
         started = next(
-            (e for e in itertools.chain(history, item.new_events) if isinstance(e, h.ExecutionStarted)), None
+            (
+                e
+                for e in itertools.chain(history.events, item.new_events)
+                if isinstance(e, h.ExecutionStarted)
+            ),
+            None,
         )
         version = started.version if started is not None else None
-        return item.name, version, scheduled_ids(history)
+        return item.name, version, scheduled_ids(history.events)
+
+    async def _histories_of(self, items: list[OrchestrationWorkItem]) -> list[History]:
+        """Each item's stored history: none for a first episode, the one kept since the instance's
+        last episode here if it is still exact (``history_cache``), else read from the storage
+        (the reads queued together)."""
+        histories = [self._known_history(item) for item in items]
+        missing = [i for i, history in enumerate(histories) if history is None]
+        # Straight from the storage: one read, not the backend's check-then-read (the instance
+        # exists: it is leased and running, and only finished instances are purged).
+        read = await asyncio.gather(
+            *(self.backend.storage.get_history(items[i].instance_id) for i in missing)
+        )
+        for i, events in zip(missing, read, strict=True):
+            histories[i] = History(items[i].execution_id, events)
+        return [history for history in histories if history is not None]
+
+    def _known_history(self, item: OrchestrationWorkItem) -> History | None:
+        if item.history is not None:  # the backend attached it
+            return History(item.execution_id, item.history)
+        if item.history_length == 0:
+            return History(item.execution_id, [])
+        return self.histories.take(item.instance_id, item.execution_id, item.history_length)
 
     def _route(
-        self, kind: Kind, item: Any, name: str, version: str | None, scheduled: dict[int, Scheduled]
+        self,
+        kind: Kind,
+        item: Any,
+        name: str,
+        version: str | None,
+        scheduled: dict[int, Scheduled],
+        history: History | None = None,
     ) -> None:
         stream = self._pick(kind, name, version)
         if stream is None:
             deadline = time.monotonic() + self.settings.park_seconds
-            self._parked.append(_Parked(kind, item, name, version, deadline))
+            self._parked.append(_Parked(kind, item, name, version, deadline, history))
             return
-        self._send(kind, item, stream, scheduled)
+        self._send(kind, item, stream, scheduled, history)
 
     def _pick(self, kind: Kind, name: str, version: str | None) -> WorkerStream | None:
         candidates = [s for s in self.streams.values() if s.free(kind) > 0 and s.accepts(kind, name, version)]
@@ -458,7 +543,14 @@ class Dispatcher:
         roomy = [s for s in candidates if s.free(kind) == most_room]
         return roomy[next(self._round_robin) % len(roomy)]
 
-    def _send(self, kind: Kind, item: Any, stream: WorkerStream, scheduled: dict[int, Scheduled]) -> None:
+    def _send(
+        self,
+        kind: Kind,
+        item: Any,
+        stream: WorkerStream,
+        scheduled: dict[int, Scheduled],
+        history: History | None = None,
+    ) -> None:
         if kind in _ONE_PER_INSTANCE:
             # One orchestration (or entity) item per instance in flight: a newer lease supersedes
             # an older one (whose lease expired), and the older token goes stale.
@@ -467,14 +559,14 @@ class Dispatcher:
                 self._forget(older)
             self._token_of_instance[item.instance_id] = item.token
         if kind == ORCHESTRATION:
-            message = convert.orchestration_work_item_to_pb(item)
+            message = _orchestration_message(item, history)
         elif kind == ENTITY:
             message = convert.entity_work_item_to_pb(item, v2=self.settings.entity_request_v2)
         else:
             message = convert.activity_work_item_to_pb(item)
         stream.busy[kind] += 1
-        self.in_flight[item.token] = InFlight(kind, item, stream, scheduled)
-        stream.outbox.put_nowait(message)
+        self.in_flight[item.token] = InFlight(kind, item, stream, scheduled, history)
+        stream.send(message)
 
     async def _retry_parked(self, kind: Kind) -> None:
         if not self._parked:
@@ -490,7 +582,7 @@ class Dispatcher:
                 item = parked.item
                 history = item.history if isinstance(item, OrchestrationWorkItem) else None
                 scheduled = scheduled_ids(history or [])
-                self._send(kind, parked.item, stream, scheduled)
+                self._send(kind, parked.item, stream, scheduled, parked.history)
             elif parked.deadline <= now:
                 await self._abandon(kind, parked.item)
             else:
@@ -555,8 +647,20 @@ class Dispatcher:
             result = convert.orchestration_result_from_pb(response)
             validate_orchestrator_actions(result.actions, flight.scheduled)
         self._forget(token)
-        (applied,) = await self.backend.complete_orchestrations([(item, result)])
+        ((applied, commit),) = await self.backend.commit_episodes([(item, result)])
+        if applied:
+            self._keep_history(flight, commit)
         return applied
+
+    def _keep_history(self, flight: InFlight, commit: OrchestrationCommit) -> None:
+        """Keep the instance's history as the commit left it, for its next episode."""
+        instance = commit.instance
+        before = flight.history
+        if instance.status.is_terminal or before is None:
+            self.histories.forget(instance.instance_id)
+        elif commit.reset_history or before.execution_id == instance.execution_id:
+            after = before.after_commit(instance.execution_id, commit.history_append, commit.reset_history)
+            self.histories.keep(instance.instance_id, after)
 
     async def complete_activity(self, response: Any) -> bool:
         """Apply a worker's ``ActivityResponse``; ``False`` if the lease was lost meanwhile."""
@@ -620,6 +724,8 @@ class Dispatcher:
     async def _hand_back(self, token: str) -> None:
         flight = self._forget(token)
         if flight is not None:
+            if flight.history is not None:  # unchanged: good for whoever gets the item next
+                self.histories.keep(flight.item.instance_id, flight.history)
             await self._abandon(flight.kind, flight.item)
 
     async def _abandon(self, kind: Kind, item: Any) -> None:
@@ -631,3 +737,12 @@ class Dispatcher:
         abandon = abandons[kind]
         with contextlib.suppress(Exception):  # a lost lease needs no hand-back
             await abandon(item)
+
+
+def _orchestration_message(item: OrchestrationWorkItem, history: History | None) -> Any:
+    """The item's ``WorkItem``; with ``history``, its events' protocol messages are reused."""
+    if history is None:
+        return convert.orchestration_work_item_to_pb(item)
+    message = convert.orchestration_work_item_to_pb(msgspec.structs.replace(item, history=[]))
+    message.orchestratorRequest.pastEvents.extend(history.protocol_messages())
+    return message

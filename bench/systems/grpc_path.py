@@ -1,0 +1,136 @@
+"""What the gRPC-path systems share: a scheduler server in a process of its own, and CPU accounting.
+
+Three systems go through gRPC (bench/systems/grpc_*.py): the official Python SDK against
+`duratask serve` (durable SQLite) and against its own in-memory backend (durabletask.testing),
+and duratask's SDK over `Endpoint=` against `duratask serve`. Each server runs as a subprocess
+of the benchmark process, so its CPU can be read apart from the client's and the worker's:
+drivers report `server_cpu_ms_per_instance` and `sdk_cpu_ms_per_instance` (this process: client
+and worker), counted from the moment the server is up, warm-up instances included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.driver import WorkloadError
+
+SERVER_START_TIMEOUT_S = 60.0
+SERVER_STOP_TIMEOUT_S = 15.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads), from /proc (Linux only)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name (which may hold spaces) start at field 3; utime, stime are 14, 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass
+class ServerProcess:
+    """A running server subprocess: where to dial it and how much CPU it has used."""
+
+    address: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.pid)
+
+
+@dataclass
+class CpuMeter:
+    """CPU of the server and of this process per instance started, from construction on."""
+
+    server: ServerProcess
+    instances: int = 0
+    _server_start: float = field(init=False)
+    _own_start: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._server_start = self.server.cpu_s()
+        self._own_start = time.process_time()
+
+    def count_instance(self) -> None:
+        self.instances += 1
+
+    def metrics(self) -> dict[str, float]:
+        per = max(self.instances, 1)
+        return {
+            "server_cpu_ms_per_instance": (self.server.cpu_s() - self._server_start) * 1000.0 / per,
+            "sdk_cpu_ms_per_instance": (time.process_time() - self._own_start) * 1000.0 / per,
+        }
+
+
+async def _wait_listening(process: asyncio.subprocess.Process, port: int) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise WorkloadError(f"server exited with code {process.returncode} before listening")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise WorkloadError(f"server did not listen on port {port} within {SERVER_START_TIMEOUT_S:.0f} s")
+
+
+@asynccontextmanager
+async def server_process(command: Sequence[str], port: int) -> AsyncIterator[ServerProcess]:
+    """Run `command` (which must listen on `port`); SIGTERM it afterwards (SIGKILL if it lingers).
+
+    Its output goes to this process's stderr, which bench/run.py keeps in the run's log.
+    """
+    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE, stdout=sys.stderr)
+    try:
+        await _wait_listening(process, port)
+        yield ServerProcess(f"127.0.0.1:{port}", process.pid)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), SERVER_STOP_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def duratask_serve_command(workdir: Path, port: int) -> list[str]:
+    """`duratask serve` on a SQLite file in the run's directory (durable: the server's default)."""
+    return [
+        sys.executable,
+        "-m",
+        "duratask",
+        "serve",
+        "--storage",
+        f"sqlite:///{workdir / 'serve.db'}",
+        "--port",
+        str(port),
+        "--no-dashboard",
+        "--log-level",
+        "warning",
+    ]
+
+
+def in_memory_backend_command(port: int) -> list[str]:
+    """The official SDK's in-memory backend (durabletask.testing): the durabletask system's sidecar
+    script (it also stops when its standard input closes; SIGTERM ends it here)."""
+    return [sys.executable, "-m", "bench.systems.durabletask_sidecar", str(port)]
