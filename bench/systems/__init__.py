@@ -71,5 +71,28 @@ SYSTEMS: dict[str, SystemInfo] = {
             PEER_WORKLOADS,
             "duratask SDK (worker + client) over Endpoint= -> `duratask serve` on SQLite (durable), own process",
         ),
+        # PostgreSQL (bench/pg.py; `python -m bench.postgres` runs them all on one durable server):
+        # the duratask client here and its worker in 1, 2 or 4 processes; DBOS on the same server.
+        *(
+            SystemInfo(
+                f"pg-duratask-{n}w",
+                f"bench.systems.postgres_duratask_{n}w",
+                PEER_WORKLOADS,
+                f"duratask on PostgreSQL: client here, Worker in {n} process(es) of its own",
+            )
+            for n in (1, 2, 4)
+        ),
+        SystemInfo(
+            "pg-duratask-inproc",
+            "bench.systems.postgres_duratask_inproc",
+            PEER_WORKLOADS,
+            "duratask on PostgreSQL: client and Worker in the benchmark process (as DBOS runs)",
+        ),
+        SystemInfo(
+            "pg-dbos",
+            "bench.systems.postgres_dbos",
+            PEER_WORKLOADS,
+            "DBOS on PostgreSQL (system database on the same server), one process, sync workflows",
+        ),
     )
 }

@@ -1,0 +1,257 @@
+"""A throw-away PostgreSQL server for the benchmarks, with durable settings unless told otherwise.
+
+The server runs from a local PostgreSQL installation (Debian's `postgresql-15` puts its binaries in
+/usr/lib/postgresql/15/bin; `BENCH_PG_BIN` names another directory), in a temporary directory, on
+a free port of 127.0.0.1, trusting local connections. PostgreSQL refuses to run as root: as root,
+the server runs as the `postgres` user (else `nobody`).
+
+Durability: `fsync=on`, `synchronous_commit=on` and `full_page_writes=on` (PostgreSQL's defaults)
+unless `fsync=False`, which turns the first two off and is labelled as such in every report: a
+commit then survives a crash of the server but not of the machine. `initdb` runs with `--no-sync`
+either way (it only saves set-up time; the benchmark's own writes are synced).
+
+Processes that take part in one benchmark share a server through the environment:
+`BENCH_POSTGRES_URL` (the maintenance database of the server) and `BENCH_POSTGRES_PID` (its
+postmaster, for CPU accounting). `fresh_database()` creates a new database on that server, or,
+without the variables, starts a server of its own for the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+SUPERUSER = "bench"
+URL_VARIABLE = "BENCH_POSTGRES_URL"
+PID_VARIABLE = "BENCH_POSTGRES_PID"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+#: Settings for every benchmark server. The connection limit covers 4 worker processes, the client,
+#: their listeners and DBOS's pools; shared_buffers and max_wal_size are the usual first tuning of
+#: a server (PostgreSQL's defaults, 128MB and 1GB, are sized for tiny machines).
+BASE_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "max_wal_size": "4GB",
+}
+DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+#: Not durable against an OS crash or power cut: labelled "fsync=off" wherever it is used.
+UNSAFE_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+REPORTED_SETTINGS = (
+    "server_version",
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_level",
+    "shared_buffers",
+    "max_wal_size",
+    "max_connections",
+)
+
+
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server binaries here, or no user to run them as."""
+
+
+def find_bin_dir() -> Path:
+    """The directory of `initdb`, `pg_ctl` and `postgres`; prefers version 15."""
+    explicit = os.environ.get("BENCH_PG_BIN")
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name != "15")
+        on_path = shutil.which("initdb")
+        candidates = found + ([Path(on_path).parent] if on_path else [])
+    for bin_dir in candidates:
+        if all((bin_dir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return bin_dir
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; install them "
+        "(`apt-get install -y postgresql`) or set BENCH_PG_BIN to their directory"
+    )
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """Whom to run the server as: ourselves, unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise PostgresUnavailable("running as root, and neither user 'postgres' nor 'nobody' exists")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class PostgresServer:
+    """One cluster in a temporary directory: `start()` it, `destroy()` it."""
+
+    def __init__(self, *, fsync: bool = True, extra_settings: dict[str, str] | None = None) -> None:
+        self.fsync = fsync
+        self.extra_settings = extra_settings or {}
+        self.bin_dir = find_bin_dir()
+        self.user = _server_user()
+        self.base = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.data_dir = self.base / "data"
+        self.log_file = self.base / "server.log"
+        self.port = _free_port()
+        if self.user is not None:
+            os.chown(self.base, self.user.pw_uid, self.user.pw_gid)
+
+    def _run(self, tool: str, *args: str) -> None:
+        user = self.user
+        done = subprocess.run(
+            [str(self.bin_dir / tool), *args],
+            cwd=self.base,  # the server's user may not be allowed into our working directory
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
+            env={**os.environ, "HOME": str(self.base), "LC_ALL": "C"},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if done.returncode != 0:
+            log = self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout}\n{done.stderr}\n{log}")
+
+    def settings(self) -> dict[str, str]:
+        return {
+            **BASE_SETTINGS,
+            **(DURABLE_SETTINGS if self.fsync else UNSAFE_SETTINGS),
+            **self.extra_settings,
+        }
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync")  # fmt: skip
+        options = [f"-p {self.port}", f"-k {self.base}"] + [f"-c {k}={v}" for k, v in self.settings().items()]
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", " ".join(options),
+                  "-w", "-t", "120", "start")  # fmt: skip
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def environment(self) -> dict[str, str]:
+        """What child processes need to use this server (see `fresh_database`)."""
+        return {URL_VARIABLE: self.url(), PID_VARIABLE: str(self.postmaster_pid())}
+
+
+@contextlib.contextmanager
+def running_server(
+    *, fsync: bool = True, extra_settings: dict[str, str] | None = None
+) -> Iterator[PostgresServer]:
+    server = PostgresServer(fsync=fsync, extra_settings=extra_settings)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` (of any database on a server) pointed at `database` instead."""
+    return url.rsplit("/", 1)[0] + "/" + database
+
+
+def create_database(maintenance_url: str, name: str) -> str:
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    return with_database(maintenance_url, name)
+
+
+def drop_database(maintenance_url: str, name: str) -> None:
+    with psycopg.connect(maintenance_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server_settings(url: str) -> dict[str, str]:
+    """The settings that matter for the figures, as the server reports them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in REPORTED_SETTINGS}  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Database:
+    """A fresh database for one run, and the postmaster's pid (None if unknown) for CPU figures."""
+
+    url: str
+    server_pid: int | None
+    settings: dict[str, str]
+
+
+@contextlib.contextmanager
+def fresh_database(prefix: str = "bench") -> Iterator[Database]:
+    """A new, empty database on the shared server (`BENCH_POSTGRES_URL`), dropped afterwards; with no
+    shared server, on a durable server of its own for the duration."""
+    shared_url = os.environ.get(URL_VARIABLE)
+    with contextlib.ExitStack() as stack:
+        if shared_url:
+            maintenance_url = shared_url
+            pid_text = os.environ.get(PID_VARIABLE)
+            pid = int(pid_text) if pid_text else None
+        else:
+            server = stack.enter_context(running_server())
+            maintenance_url, pid = server.url(), server.postmaster_pid()
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        url = create_database(maintenance_url, name)
+        stack.callback(drop_database, maintenance_url, name)
+        yield Database(url, pid, server_settings(url))
+
+
+def server_cpu_s(postmaster_pid: int) -> float:
+    """CPU seconds of the whole server: the postmaster, its ended children (reaped, so counted in its
+    cutime/cstime) and its live children (backends, walwriter, checkpointer...). Linux only."""
+    total = _cpu_fields(postmaster_pid, with_children=True)
+    for child in _children(postmaster_pid):
+        with contextlib.suppress(OSError, ValueError):
+            total += _cpu_fields(child, with_children=False)
+    return total
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads). Linux only."""
+    return _cpu_fields(pid, with_children=False)
+
+
+def _cpu_fields(pid: int, *, with_children: bool) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd on: utime is [11]
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _CLOCK_TICKS
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children

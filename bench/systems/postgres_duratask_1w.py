@@ -1,0 +1,15 @@
+"""duratask on PostgreSQL with 1 worker process (see postgres_duratask.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bench.driver import Params
+from bench.systems.postgres_duratask import PostgresDurataskDriver, open_multiprocess_driver
+
+
+@asynccontextmanager
+async def open_driver(params: Params) -> AsyncIterator[PostgresDurataskDriver]:
+    async with open_multiprocess_driver(params, workers=1) as driver:
+        yield driver
