@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 
 
 class Notifier:
@@ -73,3 +74,15 @@ def instance_topic(instance_id: str) -> str:
 
 ORCHESTRATIONS = "orchestrations"
 ACTIVITIES = "activities"
+#: Messages for durable entities (ids starting with ``ENTITY_ID_PREFIX``, as ``backend.entities``
+#: names them) were queued. A storage that says so (``notifies_entities = True``) sends it along
+#: with ``ORCHESTRATIONS``, so that entity waiters need not wake for every orchestration's message.
+ENTITIES = "entities"
+ENTITY_ID_PREFIX = "@"
+
+
+def inbox_topics(instance_ids: Iterable[str]) -> tuple[str, ...]:
+    """The topics to notify once messages for ``instance_ids`` were queued."""
+    if any(instance_id.startswith(ENTITY_ID_PREFIX) for instance_id in instance_ids):
+        return (ORCHESTRATIONS, ENTITIES)
+    return (ORCHESTRATIONS,)

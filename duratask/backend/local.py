@@ -35,7 +35,7 @@ from ..models import (
     TaskFailureDetails,
 )
 from ..models import OrchestrationRuntimeStatus as Status
-from ..notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ..notify import ACTIVITIES, ENTITIES, ORCHESTRATIONS, instance_topic
 from ..storage.base import (
     ActivityCompletion,
     InboxMessage,
@@ -126,6 +126,9 @@ class LocalBackend:
         # entity pump's armed wake-up (see "durable entities" below).
         self._entity_leases: dict[str, entities.EntityPlan] = {}
         self._entity_armed: asyncio.Future[None] | None = None
+        # A storage that tells entity messages apart lets the entity pump sleep through every
+        # orchestration's traffic; any other wakes it for all of it (a lease finds out).
+        self._entity_topic = ENTITIES if getattr(storage, "notifies_entities", False) else ORCHESTRATIONS
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -787,14 +790,14 @@ class LocalBackend:
 
     def _arm_entities(self) -> None:
         if self._entity_armed is None or self._entity_armed.done():
-            self._entity_armed = self.storage.notifier.register(ORCHESTRATIONS)
+            self._entity_armed = self.storage.notifier.register(self._entity_topic)
 
     async def wait_for_entity_work(self, timeout: float) -> None:
         """``wait_for_work`` for entities: until a message may be ready (entity messages travel
         through the same inboxes as orchestrations'), a delayed signal is due, or ``timeout``."""
         woke, self._entity_armed = self._entity_armed, None
         if woke is None:
-            woke = self.storage.notifier.register(ORCHESTRATIONS)
+            woke = self.storage.notifier.register(self._entity_topic)
         elif woke.done():
             self.storage.notifier.unregister(woke)
             return

@@ -90,12 +90,14 @@ class NameFilter:
 
     @classmethod
     def of(cls, filters: Iterable[Any]) -> NameFilter:
-        """From the protocol's ``OrchestrationFilter`` / ``ActivityFilter`` list. As in the official
-        SDKs' reference backend, a worker that sends filters and lists no name of a kind takes
-        nothing of that kind (a worker that sends no filters at all takes everything)."""
+        """From the protocol's ``OrchestrationFilter`` / ``ActivityFilter`` / ``EntityFilter`` list
+        (an ``EntityFilter`` has no versions). As in the official SDKs' reference backend, a worker
+        that sends filters and lists no name of a kind takes nothing of that kind (a worker that
+        sends no filters at all takes everything)."""
         table: dict[str, frozenset[str]] = {}
         for f in filters:
-            table[f.name] = table.get(f.name, frozenset()) | frozenset(f.versions)
+            versions = frozenset(f.versions) if hasattr(f, "versions") else frozenset()
+            table[f.name] = table.get(f.name, frozenset()) | versions
         return cls(table)
 
 

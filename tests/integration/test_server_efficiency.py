@@ -238,3 +238,59 @@ async def test_one_lease_per_episode(server: ServerThread, stub: Any) -> None:
     # (the storage had nothing more) and none when a completion frees a slot (nothing new yet).
     assert orchestration_leases() == 4
     assert activity_leases() == 3
+
+
+async def test_the_entity_pump_sleeps_through_orchestrations_and_wakes_for_entities(tmp_path: Path) -> None:
+    """In process memory (no polling to hide a missed wake-up): orchestration traffic costs the
+    entity pump no lease, and a signal still reaches its entity at once."""
+    from durabletask.entities import EntityInstanceId
+
+    from tests.compat.conftest import make_client, make_worker
+    from tests.compat.test_entities import Counter, state_of
+
+    node = ServerThread(storage="memory://", health_ping_seconds=0.3)
+    worker = make_worker("durabletask", node.address)
+    worker.add_entity(Counter)
+    worker.use_work_item_filters()  # entities only: the orchestration below is the raw worker's
+    worker.start()
+    client = make_client("durabletask", node.address)
+    channel = grpc.aio.insecure_channel(node.address)
+    try:
+        await asyncio.sleep(0.5)  # the worker connected; the pumps made their first, empty leases
+        entity_leases = count_calls(node, "lease_entities")
+        node_stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+        async with RawWorker(node.address) as raw:
+            await raw.connect()
+            await start(node_stub, instance_id="plain")
+            item = await raw.next()
+            await node_stub.CompleteOrchestratorTask(respond(item, h.ScheduleTask(id=0, name="act")))
+            await run_activity(raw, node_stub, "1")
+            item = await raw.next()
+            done = h.CompleteOrchestration(id=1, status=Status.COMPLETED)
+            await node_stub.CompleteOrchestratorTask(respond(item, done))
+        assert entity_leases() == 0
+
+        counter = EntityInstanceId("Counter", "prompt")
+        for amount, total in ((1, 1), (2, 3), (3, 6)):
+            began = asyncio.get_running_loop().time()
+            await asyncio.to_thread(client.signal_entity, counter, "add", amount)
+            while await asyncio.to_thread(state_of, client, counter) != total:
+                assert asyncio.get_running_loop().time() - began < 2.0, (
+                    "the entity pump slept through a signal"
+                )
+                await asyncio.sleep(0.02)
+        assert entity_leases() >= 3
+    finally:
+        await channel.close()
+        client.close()
+        worker.stop()
+        node.stop()
+
+
+def test_entity_filters_have_names_only() -> None:
+    """A worker that registers entities and sends work-item filters (the official SDKs'
+    ``use_work_item_filters``) lists ``EntityFilter``s, which carry no versions."""
+    from duratask.server.work_items import NameFilter
+
+    accepted = NameFilter.of([pb.EntityFilter(name="counter")])
+    assert accepted.accepts("counter", None) and not accepted.accepts("other", None)

@@ -10,7 +10,7 @@ from datetime import datetime
 from ...errors import OrchestrationAlreadyExistsError
 from ...history import HistoryEvent, decode_event, encode_event
 from ...models import OrchestrationRuntimeStatus
-from ...notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ...notify import ACTIVITIES, inbox_topics, instance_topic
 from ..base import (
     ActivityCompletion,
     ActivityLease,
@@ -81,7 +81,7 @@ def _create(tx: Tx, new: NewInstance) -> bool:
             "event": encode_event(new.started),
         },
     )
-    tx.notify(ORCHESTRATIONS, instance_topic(instance_id))
+    tx.notify(*inbox_topics((instance_id,)), instance_topic(instance_id))
     return True
 
 
@@ -103,7 +103,7 @@ def _delete_instance_data(tx: Tx, instance_id: str) -> None:
 
 def enqueue(tx: Tx, messages: list[InboxMessage]) -> None:
     if _insert_messages(tx, messages):
-        tx.notify(ORCHESTRATIONS)
+        tx.notify(*inbox_topics(message.instance_id for message in messages))
 
 
 def _insert_messages(tx: Tx, messages: list[InboxMessage]) -> bool:
@@ -277,11 +277,17 @@ def _apply(tx: Tx, commits: list[OrchestrationCommit], renamed: list[Orchestrati
     # must find it.
     for new in (new for c in commits for new in c.new_instances):
         _create(tx, new)
-    sent = _insert_messages(tx, [message for c in commits for message in c.messages])
-    if sent or _any_visible_messages(tx, instance_ids):
+    sent = [message for c in commits for message in c.messages]
+    topics: set[str] = set()
+    if _insert_messages(tx, sent):
+        topics.update(inbox_topics(message.instance_id for message in sent))
+    committed = inbox_topics(c.instance.instance_id for c in commits)
+    if not topics.issuperset(committed) and _any_visible_messages(tx, instance_ids):
         # Also when messages that arrived during a lease wait: a worker that found the instance
         # leased went back to sleep.
-        tx.notify(ORCHESTRATIONS)
+        topics.update(committed)
+    if topics:
+        tx.notify(*topics)
 
 
 def _insert_activities(tx: Tx, activities: list[ActivityTask]) -> None:
@@ -312,7 +318,7 @@ def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
     params = {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
     if tx.conn.execute(Q.release_instance_lease, params).rowcount:
         tx.conn.execute(Q.unmark_messages, params)
-        tx.notify(ORCHESTRATIONS)
+        tx.notify(*inbox_topics((instance_id,)))
 
 
 # --- activity work items ---------------------------------------------------------------------
@@ -373,7 +379,7 @@ def _complete_activity(tx: Tx, completion: ActivityCompletion) -> bool:
                 "event": encode_event(completion.event),
             },
         )
-        tx.notify(ORCHESTRATIONS)
+        tx.notify(*inbox_topics((instance_id,)))
     return True
 
 

@@ -56,6 +56,9 @@ class SqliteStorage:
     whose schema is not exactly this duratask's is refused (``SchemaVersionError``).
     """
 
+    #: Messages queued for entities also notify ``notify.ENTITIES`` (entity waiters listen to it).
+    notifies_entities = True
+
     def __init__(
         self, path: str, taskhub: str = "default", *, durable: bool = True, migrate: bool = True
     ) -> None:

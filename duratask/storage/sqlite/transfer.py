@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from ...history import decode_event, encode_event
-from ...notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
+from ...notify import ACTIVITIES, inbox_topics, instance_topic
 from ..base import ImportConflictError, InstanceDump, PendingActivity, PendingMessage
 from ..dumps import checked_ids
 from .rows import INSTANCE_COLUMNS, from_micros, instance_from_row, instance_params, to_micros
@@ -133,7 +133,7 @@ def import_instances(tx: Tx, dumps: list[InstanceDump], replace: bool) -> int:
     conn.executemany(TQ.import_activity, _activity_rows(taskhub, dumps))
 
     if any(dump.inbox for dump in dumps):
-        tx.notify(ORCHESTRATIONS)
+        tx.notify(*inbox_topics(dump.instance.instance_id for dump in dumps if dump.inbox))
     if any(dump.activities for dump in dumps):
         tx.notify(ACTIVITIES)
     tx.notify(*(instance_topic(instance_id) for instance_id in existing))  # their waiters see a new state
