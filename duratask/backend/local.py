@@ -226,7 +226,10 @@ class LocalBackend:
         self, instance_id: str, until: WaitUntil, with_payloads: bool, timeout: float | None
     ) -> OrchestrationMetadata | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        poll = 0.01
+        # A storage that wakes waiters for other processes' commits too needs polling only as a
+        # safety net; any other may miss another process finishing the instance.
+        watched = getattr(self.storage, "watches_other_processes", False)
+        poll = self.options.max_poll_seconds if watched else 0.01
         topic = instance_topic(instance_id)
         while True:
             woke = self.storage.notifier.register(topic)

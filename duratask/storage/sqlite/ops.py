@@ -72,15 +72,18 @@ def _create(tx: Tx, new: NewInstance) -> bool:
             return False
         _delete_instance_data(tx, instance_id)
     tx.conn.execute(Q.insert_instance, instance_params(tx.taskhub, new.record))
+    visible_at = to_micros(new.visible_at)
     tx.conn.execute(
         Q.insert_message,
         {
             "taskhub": tx.taskhub,
             "instance_id": instance_id,
-            "visible_at": to_micros(new.visible_at),
+            "visible_at": visible_at,
             "event": encode_event(new.started),
         },
     )
+    if visible_at > tx.now:
+        tx.queued_for_later()
     tx.notify(*inbox_topics((instance_id,)), instance_topic(instance_id))
     return True
 
@@ -108,18 +111,21 @@ def enqueue(tx: Tx, messages: list[InboxMessage]) -> None:
 
 def _insert_messages(tx: Tx, messages: list[InboxMessage]) -> bool:
     """Append to existing instances' inboxes; returns whether there was anything to append."""
+    visible_at = [to_micros(message.visible_at) for message in messages]
     tx.conn.executemany(
         Q.insert_message_if_instance_exists,
         [
             {
                 "taskhub": tx.taskhub,
                 "instance_id": message.instance_id,
-                "visible_at": to_micros(message.visible_at),
+                "visible_at": at,
                 "event": encode_event(message.event),
             }
-            for message in messages
+            for message, at in zip(messages, visible_at, strict=True)
         ],
     )
+    if any(at > tx.now for at in visible_at):
+        tx.queued_for_later()
     return bool(messages)
 
 

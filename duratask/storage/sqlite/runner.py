@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Upper bound on writes coalesced into one transaction (keeps any single commit short).
 MAX_COALESCED_WRITES = 256
+#: Not a notifier topic: the mark of a transaction that queued a message visible only later.
+_DELAYED = "\x00delayed"
 
 
 class Tx:
@@ -47,6 +49,11 @@ class Tx:
     def notify(self, *topics: str) -> None:
         """Wake waiters of ``topics`` once the transaction has committed."""
         self.topics.update(topics)
+
+    def queued_for_later(self) -> None:
+        """Say that a message visible only after ``now`` was queued (a timer, a scheduled start):
+        the storage's idea of when the next message becomes visible is out of date."""
+        self.topics.add(_DELAYED)
 
 
 class _Job(Generic[T]):
@@ -97,8 +104,12 @@ class SqliteRunner:
         *,
         durable: bool = True,
         watch_interval: float | None = None,
+        on_delayed: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        #: Called on this thread after a commit that queued a message for later (``Tx.queued_for_later``)
+        #: and when another process committed (it may have).
+        self._on_delayed = on_delayed
         self._durable = durable
         #: Current ``PRAGMA synchronous`` of the connection: FULL for durable commits, else NORMAL.
         self._synced = durable
@@ -234,6 +245,8 @@ class SqliteRunner:
             logger.debug("PRAGMA data_version failed", exc_info=True)
             return
         if self._data_version is not None and version != self._data_version:
+            if self._on_delayed is not None:
+                self._on_delayed()
             self._notifier.notify_all()
         self._data_version = version
 
@@ -261,6 +274,10 @@ class SqliteRunner:
                 job.settle(None, exc)
             return
         topics = set().union(*(job_topics for _, _, error, job_topics in outcomes if error is None))
+        if _DELAYED in topics:
+            topics.discard(_DELAYED)
+            if self._on_delayed is not None:
+                self._on_delayed()
         if topics:
             self._notifier.notify(*topics)
         for job, result, error, _ in outcomes:

@@ -26,6 +26,7 @@ from ..base import (
 )
 from . import ops, purge, transfer
 from .migrations import load_migrations, migrate
+from .rows import from_micros, to_micros
 from .runner import SqliteRunner, Tx
 from .schema import check_version
 
@@ -68,7 +69,15 @@ class SqliteStorage:
         self.migrate = migrate
         self.notifier = Notifier()
         self.shared_across_processes = path != MEMORY
+        #: Commits by other processes wake this process's waiters (``PRAGMA data_version``, every
+        #: ``WATCH_INTERVAL``), so waiters need not poll for them.
+        self.watches_other_processes = self.shared_across_processes
         self._lock = threading.Lock()
+        # ``next_visible_at`` as last read, and under which generation: the generation moves on
+        # (on the connection thread) after every commit that queued a message for later, here or
+        # in another process, and only a reading of the current generation is trusted.
+        self._due_generation = 0
+        self._due: tuple[int, int | None] | None = None
         self._runner: SqliteRunner | None = None
         self._closed = False
         self._references = 1
@@ -92,6 +101,7 @@ class SqliteStorage:
                     name=f"duratask-sqlite-{self.taskhub}",
                     durable=self.durable,
                     watch_interval=WATCH_INTERVAL if self.shared_across_processes else None,
+                    on_delayed=self._forget_due,
                 )
                 self._runner.start()
             runner = self._runner
@@ -200,7 +210,25 @@ class SqliteStorage:
         return await self._write(lambda tx: ops.delete_idle_instances(tx, instance_ids))
 
     async def next_visible_at(self) -> datetime | None:
-        return await self._read(ops.next_visible_at)
+        """When the earliest not-yet-visible message becomes visible. Workers ask before every
+        sleep; the answer only changes when a message is queued for later (which the commit
+        says) or that moment passes, so the last reading is reused until then."""
+        known = self._due
+        if known is not None and known[0] == self._due_generation:
+            due = known[1]
+            if due is None:
+                return None
+            if due > time.time_ns() // 1000:
+                return from_micros(due)
+        generation = self._due_generation
+        reading = await self._read(ops.next_visible_at)
+        if generation == self._due_generation:
+            self._due = (generation, None if reading is None else to_micros(reading))
+        return reading
+
+    def _forget_due(self) -> None:
+        """On the connection thread, after a commit that queued a message for later."""
+        self._due_generation += 1
 
     # --- orchestration work items -------------------------------------------------------------
 

@@ -134,6 +134,7 @@ def import_instances(tx: Tx, dumps: list[InstanceDump], replace: bool) -> int:
 
     if any(dump.inbox for dump in dumps):
         tx.notify(*inbox_topics(dump.instance.instance_id for dump in dumps if dump.inbox))
+        tx.queued_for_later()  # timers among them, maybe
     if any(dump.activities for dump in dumps):
         tx.notify(ACTIVITIES)
     tx.notify(*(instance_topic(instance_id) for instance_id in existing))  # their waiters see a new state
