@@ -250,14 +250,14 @@ class Worker:
                     await self._commit_done.wait()
                     continue
                 items = await backend.lease_orchestrations(free)
-                if not items:
-                    await backend.wait_for_work("orchestration", 5.0)
-                    continue
-                done = [(item, await self._run_episode(backend, item)) for item in items]
-                self._orchestrations_committing += len(done)
-                commit = asyncio.get_running_loop().create_task(self._commit_episodes(backend, done))
-                self._commits.add(commit)
-                commit.add_done_callback(self._commits.discard)
+                if items:
+                    done = [(item, await self._run_episode(backend, item)) for item in items]
+                    self._orchestrations_committing += len(done)
+                    commit = asyncio.get_running_loop().create_task(self._commit_episodes(backend, done))
+                    self._commits.add(commit)
+                    commit.add_done_callback(self._commits.discard)
+                # At once if the lease was full or work came meanwhile; else until some is queued.
+                await backend.wait_for_work("orchestration", 5.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -339,14 +339,12 @@ class Worker:
                     await self._slot_free.wait()
                     continue
                 items = await backend.lease_activities(free)
-                if not items:
-                    await backend.wait_for_work("activity", 5.0)
-                    continue
                 loop = asyncio.get_running_loop()
                 for item in items:
                     task = loop.create_task(self._run_activity(item))
                     self._running_activities[task] = item
                     task.add_done_callback(self._activity_done)
+                await backend.wait_for_work("activity", 5.0)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -122,6 +122,8 @@ class LocalBackend:
         # A wake-up armed when a lease starts looking, so work that arrives while it looks is not
         # missed by the ``wait_for_work`` that follows an empty lease.
         self._armed: dict[WorkKind, asyncio.Future[None]] = {}
+        #: Kinds whose last lease took as many as it was allowed: the storage may hold more.
+        self._lease_was_full: set[WorkKind] = set()
         # Entity leases handed out by this process (token -> what the lease decided), and the
         # entity pump's armed wake-up (see "durable entities" below).
         self._entity_leases: dict[str, entities.EntityPlan] = {}
@@ -359,6 +361,7 @@ class LocalBackend:
         leases = await self.storage.lease_orchestrations(
             limit, self.options.lease_seconds, exclude_id_prefix=entities.ENTITY_ID_PREFIX
         )
+        self._note_fullness("orchestration", len(leases), limit)
         items: list[OrchestrationWorkItem] = []
         settle: list[OrchestrationCommit] = []
         now = utcnow()
@@ -486,6 +489,7 @@ class LocalBackend:
     async def lease_activities(self, limit: int) -> list[ActivityWorkItem]:
         self._arm("activity")
         leases = await self.storage.lease_activities(limit, self.options.lease_seconds)
+        self._note_fullness("activity", len(leases), limit)
         for lease in leases:
             self._activity_leases[lease.token] = lease.activity_id
         if leases:
@@ -586,13 +590,25 @@ class LocalBackend:
 
     # --- wake-ups ----------------------------------------------------------------------------
 
+    def _note_fullness(self, kind: WorkKind, leased: int, limit: int) -> None:
+        if leased >= limit:
+            self._lease_was_full.add(kind)
+        else:
+            self._lease_was_full.discard(kind)
+
     async def wait_for_work(self, kind: WorkKind, timeout: float) -> None:
+        """Return at once when the last lease of ``kind`` was full or work was queued since it began;
+        else sleep until a commit queues some (or a timer is due, or ``timeout``). A lease that found
+        less than it could take saw everything visible, so looking again before a wake-up would be a
+        transaction that finds nothing."""
         woke = self._armed.pop(kind, None)
+        if kind in self._lease_was_full or (woke is not None and woke.done()):
+            self._lease_was_full.discard(kind)
+            if woke is not None:
+                self.storage.notifier.unregister(woke)
+            return
         if woke is None:
             woke = self.storage.notifier.register(_TOPICS[kind])
-        elif woke.done():  # notified since the last lease began: look again at once
-            self.storage.notifier.unregister(woke)
-            return
         if kind == "orchestration":
             due = await self.storage.next_visible_at()
             if due is not None:
