@@ -65,11 +65,15 @@ async def test_migrate_produces_the_schema_and_records_its_version(pg_fresh_url:
         "duratask_instances_by_parent",
         "duratask_inbox_by_instance",
         "duratask_inbox_by_visible",
+        "duratask_inbox_by_ready",
         "duratask_activities_by_lease",
         "duratask_activities_by_instance",
     } <= indexes
     assert set(INSTANCE_COLUMNS) <= set(columns)
-    assert _rows(pg_fresh_url, "SELECT version, name FROM duratask_schema") == [(1, "initial")]
+    assert _rows(pg_fresh_url, "SELECT version, name FROM duratask_schema ORDER BY version") == [
+        (1, "initial"),
+        (2, "ready_messages"),
+    ]
     # Every time is a timestamptz.
     kinds = _rows(
         pg_fresh_url,
@@ -107,7 +111,7 @@ async def test_concurrent_migrators_migrate_once(pg_fresh_url: str) -> None:
 
 async def test_migrate_false_refuses_an_unmigrated_database(pg_fresh_url: str) -> None:
     refused = PostgresStorage(pg_fresh_url, migrate=False)
-    with pytest.raises(SchemaVersionError, match=r"schema version 0.*needs version 1.*duratask migrate"):
+    with pytest.raises(SchemaVersionError, match=rf"schema version 0.*needs version {LATEST}.*duratask migrate"):
         await refused.open()
     # Nothing was created behind the caller's back.
     assert _rows(pg_fresh_url, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'duratask%'") == [(0,)]

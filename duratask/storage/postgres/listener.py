@@ -38,11 +38,19 @@ def channel_for(taskhub: str) -> str:
 class NotificationListener:
     """One LISTENing connection, reconnecting with backoff until ``stop``."""
 
-    def __init__(self, url: str, channel: str, origin: str, deliver: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        origin: str,
+        deliver: Callable[..., None],
+        reconnected: Callable[[], None] | None = None,
+    ) -> None:
         self._url = url
         self._channel = channel
         self._origin = origin
         self._deliver = deliver
+        self._reconnected = reconnected or (lambda: deliver(ORCHESTRATIONS, ACTIVITIES))
         self._task: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
         #: Set while a connection is listening.
@@ -90,8 +98,9 @@ class NotificationListener:
                 if self._conn is None:
                     self._conn = await self._listen()
                     delay = 0.05
-                    # Whatever was notified while we were away is lost: let every worker look once.
-                    self._deliver(ORCHESTRATIONS, ACTIVITIES)
+                    # Whatever was notified while we were away is lost: let every worker and every
+                    # waiter for an instance look once.
+                    self._reconnected()
                 async for notification in self._conn.notifies():
                     self._handle(notification.payload)
             except psycopg.Error as exc:

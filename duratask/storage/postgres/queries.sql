@@ -43,27 +43,48 @@ ORDER BY instance_id
 FOR UPDATE;
 
 -- Conflicts only with an instance created concurrently since the lock above: it is unfinished.
--- name: insert_instance
+-- name: insert_instances
 INSERT INTO duratask_instances (
     taskhub, instance_id, name, execution_id, status, created_at, last_updated_at, input, output,
     custom_status, failure, version, parent_instance_id, parent_task_id, scheduled_start, completed_at
-) VALUES (
-    %(taskhub)s, %(instance_id)s, %(name)s, %(execution_id)s, %(status)s, %(created_at)s,
-    %(last_updated_at)s, %(input)s, %(output)s, %(custom_status)s, %(failure)s, %(version)s,
-    %(parent_instance_id)s, %(parent_task_id)s, %(scheduled_start)s, %(completed_at)s
 )
+SELECT %(taskhub)s, r.instance_id, r.name, r.execution_id, r.status, r.created_at, r.last_updated_at,
+       r.input, r.output, r.custom_status, r.failure, r.version, r.parent_instance_id, r.parent_task_id,
+       r.scheduled_start, r.completed_at
+FROM unnest(
+    %(instance_ids)b::text[], %(names)b::text[], %(execution_ids)b::text[], %(statuses)b::smallint[],
+    %(created_ats)b::timestamptz[], %(last_updated_ats)b::timestamptz[], %(inputs)b::text[],
+    %(outputs)b::text[], %(custom_statuses)b::text[], %(failures)b::bytea[], %(versions)b::text[],
+    %(parent_instance_ids)b::text[], %(parent_task_ids)b::integer[], %(scheduled_starts)b::timestamptz[],
+    %(completed_ats)b::timestamptz[]
+) WITH ORDINALITY AS r(
+    instance_id, name, execution_id, status, created_at, last_updated_at, input, output, custom_status,
+    failure, version, parent_instance_id, parent_task_id, scheduled_start, completed_at, ord
+)
+ORDER BY r.ord
 ON CONFLICT DO NOTHING
 RETURNING instance_id;
 
--- name: update_instance_and_release
-UPDATE duratask_instances SET
-    name = %(name)s, execution_id = %(execution_id)s, status = %(status)s, created_at = %(created_at)s,
-    last_updated_at = %(last_updated_at)s, input = %(input)s, output = %(output)s,
-    custom_status = %(custom_status)s, failure = %(failure)s, version = %(version)s,
-    parent_instance_id = %(parent_instance_id)s, parent_task_id = %(parent_task_id)s,
-    scheduled_start = %(scheduled_start)s, completed_at = %(completed_at)s,
-    history_length = %(history_length)s, lease_token = NULL, lease_expires = '-infinity'
-WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s;
+-- One statement for a whole group commit (rows as arrays), releasing each lease.
+-- name: update_instances_and_release
+UPDATE duratask_instances AS i SET
+    name = r.name, execution_id = r.execution_id, status = r.status, created_at = r.created_at,
+    last_updated_at = r.last_updated_at, input = r.input, output = r.output,
+    custom_status = r.custom_status, failure = r.failure, version = r.version,
+    parent_instance_id = r.parent_instance_id, parent_task_id = r.parent_task_id,
+    scheduled_start = r.scheduled_start, completed_at = r.completed_at,
+    history_length = r.history_length, lease_token = NULL, lease_expires = '-infinity'
+FROM unnest(
+    %(instance_ids)b::text[], %(names)b::text[], %(execution_ids)b::text[], %(statuses)b::smallint[],
+    %(created_ats)b::timestamptz[], %(last_updated_ats)b::timestamptz[], %(inputs)b::text[],
+    %(outputs)b::text[], %(custom_statuses)b::text[], %(failures)b::bytea[], %(versions)b::text[],
+    %(parent_instance_ids)b::text[], %(parent_task_ids)b::integer[], %(scheduled_starts)b::timestamptz[],
+    %(completed_ats)b::timestamptz[], %(history_lengths)b::integer[]
+) AS r(
+    instance_id, name, execution_id, status, created_at, last_updated_at, input, output, custom_status,
+    failure, version, parent_instance_id, parent_task_id, scheduled_start, completed_at, history_length
+)
+WHERE i.taskhub = %(taskhub)s AND i.instance_id = r.instance_id;
 
 -- name: delete_terminal_instances
 DELETE FROM duratask_instances
@@ -148,87 +169,96 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 
 -- --- orchestration leases ----------------------------------------------------------------------
 
--- Leasing, in one statement (one round trip, its own transaction):
--- 1. scanned: walk the visible messages in index order, joined with their instance when its lease
---    is free or expired, and lock both rows; stop after %(scan_limit)s pairs (an instance with
---    several messages shows up once per message). SKIP LOCKED passes over rows another leaser or
---    committer holds right now. Locking the message as well matters: the statement's snapshot
---    may predate another leaser's whole lease and commit. PostgreSQL then re-checks each locked
---    row as it is now, so an instance whose lease has been taken since, or a message consumed
---    since, drops out, and a finished instance is not leased again for a message it already had.
--- 2. picked: the %(limit)s instances whose first visible message is oldest.
--- 3. taken: lease each under a fresh random token (RETURNING reads the row as it is now).
--- 4. marked: mark every visible message of each, including those of an expired lease, with the
---    new token; messages arriving later stay unmarked and wait for the next lease.
+-- Leasing, in one statement (one round trip, its own transaction), reading a bounded index range:
+-- 1. ready: the %(scan_limit)s messages that became leasable first, in the order of the index
+--    duratask_inbox_by_ready (free visible messages by visible_at; those of an expired lease by
+--    its expiry), read without locks. A limit on a walk of one index: the planner cannot turn it
+--    into a join or sort of the whole backlog, and it stops early.
+-- 2. picked: their instances, each with its oldest such message.
+-- 3. locked: of those, the %(limit)s oldest whose lease is free or expired, locked (SKIP LOCKED
+--    passes over instances another leaser or committer holds right now). PostgreSQL re-checks
+--    each locked row as it is now, so an instance leased by someone else since our snapshot drops
+--    out. The messages are not locked: an instance whose messages were all consumed by a whole
+--    lease and commit of another worker after our snapshot comes back with no messages marked,
+--    and the caller releases that lease at once (see ops.lease_orchestrations).
+-- 4. taken: lease each under a fresh random token (RETURNING reads the row as it is now).
+-- 5. marked: deliver every leasable message of each (free and visible, or left by an expired
+--    lease) to the new lease; messages arriving later stay free and wait for the next lease.
 -- NO KEY UPDATE does not conflict with the KEY SHARE of a writer adding a message meanwhile.
 -- name: lease_orchestrations
-WITH scanned AS (
-    SELECT i.instance_id, m.visible_at
+WITH ready AS MATERIALIZED (
+    SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
     FROM duratask_inbox AS m
-    JOIN duratask_instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
-    WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
+    WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
-    ORDER BY m.visible_at
+    ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s
-    FOR NO KEY UPDATE OF i, m SKIP LOCKED
-), picked AS (
-    SELECT instance_id, min(visible_at) AS first_visible
-    FROM scanned
-    GROUP BY instance_id
-    ORDER BY first_visible
+), picked AS MATERIALIZED (
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
+), locked AS (
+    SELECT i.instance_id, p.first_ready
+    FROM picked AS p
+    JOIN duratask_instances AS i ON i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id
+    WHERE i.lease_expires <= now()
+    ORDER BY p.first_ready
     LIMIT %(limit)s
+    FOR NO KEY UPDATE OF i SKIP LOCKED
 ), taken AS (
     UPDATE duratask_instances AS i
     SET lease_token = gen_random_uuid()::text,
         lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-    FROM picked
-    WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
-    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, picked.first_visible
+    FROM locked
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = locked.instance_id
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, locked.first_ready
 ), marked AS (
-    UPDATE duratask_inbox AS m SET lease_token = t.lease_token
+    UPDATE duratask_inbox AS m SET lease_token = t.lease_token, leased_until = t.lease_expires
     FROM taken AS t
-    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id AND m.visible_at <= now()
+    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id
+      AND COALESCE(m.leased_until, m.visible_at) <= now()
     RETURNING m.instance_id, m.id, m.event
 )
 SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
 FROM taken AS t
-ORDER BY t.first_visible;
+ORDER BY t.first_ready;
 
 -- The same, for the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as an index
--- range: leasing entities, "@...", does not walk the orchestrations' messages).
+-- range: leasing entities, "@...", does not take orchestrations).
 -- name: lease_orchestrations_in_range
-WITH scanned AS (
-    SELECT i.instance_id, m.visible_at
+WITH ready AS MATERIALIZED (
+    SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
     FROM duratask_inbox AS m
-    JOIN duratask_instances AS i ON i.taskhub = m.taskhub AND i.instance_id = m.instance_id
-    WHERE m.taskhub = %(taskhub)s AND m.visible_at <= now() AND i.lease_expires <= now()
+    WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
       AND m.instance_id >= %(id_from)s::text AND m.instance_id < %(id_to)s::text
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
-    ORDER BY m.visible_at
+    ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s
-    FOR NO KEY UPDATE OF i, m SKIP LOCKED
-), picked AS (
-    SELECT instance_id, min(visible_at) AS first_visible
-    FROM scanned
-    GROUP BY instance_id
-    ORDER BY first_visible
+), picked AS MATERIALIZED (
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
+), locked AS (
+    SELECT i.instance_id, p.first_ready
+    FROM picked AS p
+    JOIN duratask_instances AS i ON i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id
+    WHERE i.lease_expires <= now()
+    ORDER BY p.first_ready
     LIMIT %(limit)s
+    FOR NO KEY UPDATE OF i SKIP LOCKED
 ), taken AS (
     UPDATE duratask_instances AS i
     SET lease_token = gen_random_uuid()::text,
         lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-    FROM picked
-    WHERE i.taskhub = %(taskhub)s AND i.instance_id = picked.instance_id
-    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, picked.first_visible
+    FROM locked
+    WHERE i.taskhub = %(taskhub)s AND i.instance_id = locked.instance_id
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, locked.first_ready
 ), marked AS (
-    UPDATE duratask_inbox AS m SET lease_token = t.lease_token
+    UPDATE duratask_inbox AS m SET lease_token = t.lease_token, leased_until = t.lease_expires
     FROM taken AS t
-    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id AND m.visible_at <= now()
+    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id
+      AND COALESCE(m.leased_until, m.visible_at) <= now()
     RETURNING m.instance_id, m.id, m.event
 )
 SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
 FROM taken AS t
-ORDER BY t.first_visible;
+ORDER BY t.first_ready;
 
 -- The fence of a batch of commits: the rows whose lease is live, locked until the batch commits.
 -- NO KEY UPDATE (what the UPDATE of the row takes anyway) leaves the rows open to the KEY SHARE
@@ -251,7 +281,7 @@ WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = 
 RETURNING instance_id;
 
 -- name: unmark_messages
-UPDATE duratask_inbox SET lease_token = NULL
+UPDATE duratask_inbox SET lease_token = NULL, leased_until = NULL
 WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s;
 
 -- --- activities --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,7 @@ def _as_utc(moment: datetime | None) -> datetime | None:
 
 
 def instance_params(taskhub: str, record: InstanceRecord) -> dict[str, Any]:
-    """Named parameters of ``insert_instance`` / ``update_instance_and_release``."""
+    """An instance's column values by name (``instance_arrays`` makes the batch statements' arrays)."""
     return {
         "taskhub": taskhub,
         "instance_id": record.instance_id,
@@ -69,6 +69,38 @@ def instance_params(taskhub: str, record: InstanceRecord) -> dict[str, Any]:
         "scheduled_start": _opt_utc(record.scheduled_start),
         "completed_at": _opt_utc(record.completed_at),
     }
+
+
+#: ``instance_params`` keys -> the array parameters of the statements that take many instances
+#: at once (``unnest``): insert_instances, update_instances_and_release, transfer's insert_instances.
+INSTANCE_ARRAYS = {
+    "instance_id": "instance_ids",
+    "name": "names",
+    "execution_id": "execution_ids",
+    "status": "statuses",
+    "created_at": "created_ats",
+    "last_updated_at": "last_updated_ats",
+    "input": "inputs",
+    "output": "outputs",
+    "custom_status": "custom_statuses",
+    "failure": "failures",
+    "version": "versions",
+    "parent_instance_id": "parent_instance_ids",
+    "parent_task_id": "parent_task_ids",
+    "scheduled_start": "scheduled_starts",
+    "completed_at": "completed_ats",
+}
+
+
+def instance_arrays(taskhub: str, records: Iterable[InstanceRecord]) -> dict[str, Any]:
+    """The records as one array parameter per column (``INSTANCE_ARRAYS``), plus ``taskhub``."""
+    arrays: dict[str, Any] = {name: [] for name in INSTANCE_ARRAYS.values()}
+    for record in records:
+        params = instance_params(taskhub, record)
+        for column, name in INSTANCE_ARRAYS.items():
+            arrays[name].append(params[column])
+    arrays["taskhub"] = taskhub
+    return arrays
 
 
 def instance_from_row(row: Sequence[Any]) -> InstanceRecord:

@@ -35,8 +35,8 @@ class Queries:
     record_migration: str
     get_instance: str
     lock_instance_statuses: str
-    insert_instance: str
-    update_instance_and_release: str
+    insert_instances: str
+    update_instances_and_release: str
     delete_terminal_instances: str
     lock_instances_for_delete: str
     delete_idle_instances: str

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
+from ...errors import OrchestrationAlreadyExistsError
 from ...history import HistoryEvent
 from ...notify import Notifier
 from ..base import (
@@ -23,6 +24,7 @@ from ..base import (
     PageCursor,
 )
 from . import ops, transfer
+from .batching import CreateBatcher
 from .db import Connection, Database, Tx, connect
 from .listener import NotificationListener, channel_for
 from .migrations import check_version, describe, load_migrations, migrate_connection
@@ -64,6 +66,8 @@ class PostgresStorage:
         self.retry_seconds = retry_seconds
         self.notifier = Notifier()
         self.shared_across_processes = True
+        #: Commits of other processes reach ``notifier`` through LISTEN (waiters poll only as a safety net).
+        self.watches_other_processes = True
         self.channel = channel_for(taskhub)
         #: Tags this object's notifications, so its own listener skips them.
         self.origin = uuid.uuid4().hex
@@ -74,6 +78,7 @@ class PostgresStorage:
         #: Set when ``open_postgres_storage`` shares this object: its key, and how many users hold it.
         self._shared_key: _SharedKey | None = None
         self._references = 0
+        self._creates = CreateBatcher(self._create_many)
 
     def __repr__(self) -> str:
         return f"PostgresStorage({describe(self.url)!r}, {self.taskhub!r})"
@@ -101,7 +106,9 @@ class PostgresStorage:
             retry_seconds=self.retry_seconds,
             on_commit=self._wake_local,
         )
-        listener = NotificationListener(self.url, self.channel, self.origin, self.notifier.notify)
+        listener = NotificationListener(
+            self.url, self.channel, self.origin, self.notifier.notify, self.notifier.notify_all
+        )
         try:
             await db.open(timeout=30.0)
             await listener.start()
@@ -130,6 +137,7 @@ class PostgresStorage:
             if _shared.get(self._shared_key) is self:
                 del _shared[self._shared_key]
             self._shared_key = None
+        await self._creates.close()
         db, self._db = self._db, None
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -163,8 +171,13 @@ class PostgresStorage:
     # --- instances ----------------------------------------------------------------------------
 
     async def create_instance(self, new: NewInstance) -> None:
-        # Not replay-safe: had the first COMMIT happened, a retry would find the instance and raise.
-        await self._write(lambda tx: ops.create_instance(tx, new), replay_safe=False)
+        # Concurrent starts share a transaction (batching.py).
+        if not await self._creates.create(new):
+            raise OrchestrationAlreadyExistsError(new.record.instance_id)
+
+    async def _create_many(self, news: list[NewInstance]) -> set[str]:
+        # Not replay-safe: had the first COMMIT happened, a retry would find the instances and refuse.
+        return await self._write(lambda tx: ops.create_instances(tx, news), replay_safe=False)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
         return await self._read(lambda conn: ops.get_instance(conn, self.taskhub, instance_id))

@@ -16,7 +16,7 @@ from ...notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
 from ..base import ImportConflictError, InstanceDump, PendingActivity, PendingMessage
 from ..dumps import checked_ids
 from .db import Connection, Tx
-from .rows import instance_from_row, instance_params, utc
+from .rows import instance_arrays, instance_from_row, utc
 from .sql import INSTANCE_SELECT, Q, parse_named_statements
 
 
@@ -143,34 +143,9 @@ async def import_instances(tx: Tx, dumps: list[InstanceDump], replace: bool) -> 
     return len(dumps)
 
 
-#: ``instance_params`` keys -> the array parameters of insert_instances.
-_INSTANCE_ARRAYS = {
-    "instance_id": "instance_ids",
-    "name": "names",
-    "execution_id": "execution_ids",
-    "status": "statuses",
-    "created_at": "created_ats",
-    "last_updated_at": "last_updated_ats",
-    "input": "inputs",
-    "output": "outputs",
-    "custom_status": "custom_statuses",
-    "failure": "failures",
-    "version": "versions",
-    "parent_instance_id": "parent_instance_ids",
-    "parent_task_id": "parent_task_ids",
-    "scheduled_start": "scheduled_starts",
-    "completed_at": "completed_ats",
-}
-
-
 def _instance_arrays(taskhub: str, dumps: list[InstanceDump]) -> dict[str, Any]:
-    arrays: dict[str, Any] = {"taskhub": taskhub, "history_lengths": []}
-    arrays.update({name: [] for name in _INSTANCE_ARRAYS.values()})
-    for dump in dumps:
-        params = instance_params(taskhub, dump.instance)
-        for column, name in _INSTANCE_ARRAYS.items():
-            arrays[name].append(params[column])
-        arrays["history_lengths"].append(len(dump.history))
+    arrays = instance_arrays(taskhub, (dump.instance for dump in dumps))
+    arrays["history_lengths"] = [len(dump.history) for dump in dumps]
     return arrays
 
 
