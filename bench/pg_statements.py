@@ -73,8 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="SQL to run once the schema exists (e.g. to try a setting)",
     )
+    parser.add_argument(
+        "--explain-slower-than",
+        type=float,
+        metavar="MS",
+        help="also log (auto_explain, with ANALYZE) the plans of statements slower than MS and print "
+        "the slowest few: where a statement's time goes under the real load",
+    )
     args = parser.parse_args(argv)
     settings = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+    if args.explain_slower_than is not None:
+        settings |= {
+            "shared_preload_libraries": "pg_stat_statements,auto_explain",
+            "auto_explain.log_min_duration": f"{args.explain_slower_than}ms",
+            "auto_explain.log_analyze": "on",
+            "auto_explain.log_buffers": "on",
+            "auto_explain.log_timing": "on",
+        }
     with pg.running_server(fsync=args.fsync == "on", extra_settings=settings) as server:
         url = pg.create_database(server.url(), "statements")
         with psycopg.connect(url, autocommit=True) as conn:
@@ -82,10 +97,34 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(url, args.workers, args.n, server.postmaster_pid(), args.setup_sql))
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute(TOP_STATEMENTS, {"limit": args.top}).fetchall()
+        plans = slowest_plans(server.log_file.read_text(errors="replace")) if args.explain_slower_than else []
+    for duration, plan in plans[:3]:
+        print(f"--- plan of a statement that took {duration:.1f} ms ---\n{plan}\n")
     print(f"{'calls':>7} {'total ms':>9} {'mean ms':>8} {'rows':>7}  statement")
     for calls, total, mean, count, query in rows:
         print(f"{calls:>7} {total:>9.0f} {mean:>8.2f} {count:>7}  {query[:100]}")
     return 0
+
+
+def slowest_plans(log: str) -> list[tuple[float, str]]:
+    """auto_explain's entries in a server log (``duration: X ms  plan:`` and the plan's lines), slowest first."""
+    plans: list[tuple[float, str]] = []
+    current: list[str] | None = None
+    duration = 0.0
+    for line in log.splitlines():
+        if "duration:" in line and "plan:" in line:
+            if current is not None:
+                plans.append((duration, "\n".join(current)))
+            duration = float(line.split("duration:")[1].split("ms")[0])
+            current = []
+        elif current is not None and (line.startswith(("\t", " ")) or not line.strip()):
+            current.append(line)
+        elif current is not None:
+            plans.append((duration, "\n".join(current)))
+            current = None
+    if current is not None:
+        plans.append((duration, "\n".join(current)))
+    return sorted(plans, key=lambda p: -p[0])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ statements however many items it holds."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,13 +27,18 @@ from ..base import (
 )
 from .db import Connection, Tx
 from .filters import TERMINAL_STATUS_VALUES, select_instances, select_purgeable_ids
-from .rows import INSTANCE_COLUMNS, instance_arrays, instance_from_row, utc
+from .rows import instance_arrays, instance_from_row, utc
 from .sql import Q
 
 #: Leasable messages the orchestration lease reads per instance it may lease: an instance with
 #: several messages shows up once per message, and the oldest instances may be held by another
 #: leaser right now (skipped), so the read goes past the limit, but not much: it locks nothing.
 _SCAN_FACTOR = 2
+
+
+async def plan_by_index(tx: Tx) -> None:
+    """Read by index for the rest of this transaction, whatever the statistics (see queries.sql)."""
+    await tx.conn.execute(Q.plan_by_index)
 
 
 async def _all(conn: Connection, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -184,10 +190,13 @@ async def lease_orchestrations(
     id_prefix: str | None = None,
     exclude_id_prefix: str | None = None,
 ) -> list[OrchestrationLease]:
-    """One statement (see queries.sql), run outside any explicit transaction."""
+    """One statement (see queries.sql), planned by index; then the release of leases that found no
+    message (rare: see the statement)."""
     if limit <= 0:
         return []
+    await plan_by_index(tx)
     params = {
+        "nonce": uuid.uuid4().hex,
         "taskhub": tx.taskhub,
         "limit": limit,
         "scan_limit": limit * _SCAN_FACTOR,
@@ -198,34 +207,42 @@ async def lease_orchestrations(
     if id_prefix:
         query = Q.lease_orchestrations_in_range
         params["id_from"], params["id_to"] = prefix_range(id_prefix)
-    width = len(INSTANCE_COLUMNS)
-    leases: list[OrchestrationLease] = []
-    empty: list[tuple[str, str]] = []
-    for row in await _all(tx.conn, query, params):
-        instance, token, events = instance_from_row(row), row[width + 1], row[width + 4]
-        if not events:
-            empty.append((instance.instance_id, token))
-            continue
-        leases.append(
-            OrchestrationLease(
-                instance=instance,
-                token=token,
-                expires_at=row[width + 2].astimezone(UTC),
-                new_events=[decode_event(event) for event in events],
-                history_length=row[width],
-            )
-        )
-    for instance_id, token in empty:
+    leases = await _leases_from_rows(await _all(tx.conn, query, params))
+    for lease in [lease for lease in leases if not lease.new_events]:
         # Its messages were consumed between the statement's snapshot and its lock (another worker
         # leased and committed it meanwhile): nothing to deliver, so give the lease back.
-        await tx.conn.execute(
-            Q.release_instance_lease, {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
-        )
-    return leases
+        params = {"taskhub": tx.taskhub, "instance_id": lease.instance.instance_id, "token": lease.token}
+        await tx.conn.execute(Q.release_instance_lease, params)
+    return [lease for lease in leases if lease.new_events]
+
+
+async def _leases_from_rows(rows: list[tuple[Any, ...]]) -> list[OrchestrationLease]:
+    """The leases of the lease statement's three kinds of rows (see queries.sql), oldest first."""
+    leases: dict[str, OrchestrationLease] = {}
+    messages: dict[str, list[tuple[int, bytes]]] = {}
+    first_ready: dict[str, datetime] = {}
+    for kind, ready_at, message_id, event, history_length, token, expires_at, *instance in rows:
+        instance_id = instance[0]
+        if kind == "lease":
+            leases[instance_id] = OrchestrationLease(
+                instance=instance_from_row(instance),
+                token=token,
+                expires_at=expires_at.astimezone(UTC),
+                new_events=[],
+                history_length=history_length,
+            )
+        elif kind == "message":
+            messages.setdefault(instance_id, []).append((message_id, event))
+        else:
+            first_ready[instance_id] = ready_at
+    for instance_id, lease in leases.items():
+        lease.new_events = [decode_event(event) for _, event in sorted(messages.get(instance_id, ()))]
+    return sorted(leases.values(), key=lambda lease: first_ready[lease.instance.instance_id])
 
 
 async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bool]:
     """Fence every commit against the locked lease rows, then apply the accepted ones together."""
+    await plan_by_index(tx)
     ids = list(dict.fromkeys(commit.instance.instance_id for commit in commits))
     live = {
         instance_id: (token, length, status)
@@ -325,6 +342,7 @@ async def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
 async def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[ActivityLease]:
     if limit <= 0:
         return []
+    await plan_by_index(tx)
     params = {"taskhub": tx.taskhub, "limit": limit, "lease_seconds": float(lease_seconds)}
     rows = sorted(await _all(tx.conn, Q.lease_activities, params))
     return [
@@ -347,6 +365,7 @@ async def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[Act
 
 
 async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> list[bool]:
+    await plan_by_index(tx)
     taken = {
         activity_id: (token, instance_id, execution_id)
         for activity_id, token, instance_id, execution_id in await _all(

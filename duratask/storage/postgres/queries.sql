@@ -169,21 +169,26 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 
 -- --- orchestration leases ----------------------------------------------------------------------
 
--- Leasing, in one statement (one round trip, its own transaction), reading a bounded index range:
+-- Leasing, in one statement (one round trip, its own transaction), each step an index walk that
+-- stops early, in a shape the planner cannot turn into a join or sort of the whole backlog:
 -- 1. ready: the %(scan_limit)s messages that became leasable first, in the order of the index
 --    duratask_inbox_by_ready (free visible messages by visible_at; those of an expired lease by
---    its expiry), read without locks. A limit on a walk of one index: the planner cannot turn it
---    into a join or sort of the whole backlog, and it stops early.
--- 2. picked: their instances, each with its oldest such message.
--- 3. locked: of those, the %(limit)s oldest whose lease is free or expired, locked (SKIP LOCKED
---    passes over instances another leaser or committer holds right now). PostgreSQL re-checks
---    each locked row as it is now, so an instance leased by someone else since our snapshot drops
---    out. The messages are not locked: an instance whose messages were all consumed by a whole
---    lease and commit of another worker after our snapshot comes back with no messages marked,
---    and the caller releases that lease at once (see ops.lease_orchestrations).
--- 4. taken: lease each under a fresh random token (RETURNING reads the row as it is now).
--- 5. marked: deliver every leasable message of each (free and visible, or left by an expired
---    lease) to the new lease; messages arriving later stay free and wait for the next lease.
+--    its expiry), read without locks.
+-- 2. picked: their instances, each with its oldest such message, oldest first.
+-- 3. locked: walking those in order, lock each instance whose lease is free or expired (a lookup
+--    by primary key per instance, LATERAL so that it stays one), until %(limit)s are locked.
+--    SKIP LOCKED passes over instances another leaser or committer holds right now; PostgreSQL
+--    re-checks each locked row as it is now, so an instance leased by someone else since our
+--    snapshot drops out. The messages are not locked: an instance whose messages were all
+--    consumed by a whole lease and commit of another worker after our snapshot comes back with
+--    no messages marked, and the caller releases that lease at once (ops.lease_orchestrations).
+-- 4. deliverable: the leasable messages of each (free and visible, or left by an expired lease),
+--    by the inbox's instance index (LATERAL and OFFSET 0: one index lookup per instance).
+-- 5. taken: lease each under a fresh token (RETURNING reads the row as it is now).
+-- 6. marked: deliver those messages to the new lease; messages arriving later stay free and wait
+--    for the next lease.
+-- The caller runs this with sequential and bitmap scans off (see ops.PLAN_BY_INDEX): whatever the
+-- statistics say (a fresh database has none), the backlog is read through the ordered index.
 -- NO KEY UPDATE does not conflict with the KEY SHARE of a writer adding a message meanwhile.
 -- name: lease_orchestrations
 WITH ready AS MATERIALIZED (
@@ -194,32 +199,51 @@ WITH ready AS MATERIALIZED (
     ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s
 ), picked AS MATERIALIZED (
-    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
-), locked AS (
-    SELECT i.instance_id, p.first_ready
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id ORDER BY first_ready
+), locked AS MATERIALIZED (
+    SELECT l.row_id, l.instance_id, p.first_ready
     FROM picked AS p
-    JOIN duratask_instances AS i ON i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id
-    WHERE i.lease_expires <= now()
-    ORDER BY p.first_ready
+    CROSS JOIN LATERAL (
+        SELECT i.ctid AS row_id, i.instance_id FROM duratask_instances AS i
+        WHERE i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id AND i.lease_expires <= now()
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) AS l
     LIMIT %(limit)s
-    FOR NO KEY UPDATE OF i SKIP LOCKED
+), deliverable AS MATERIALIZED (
+    SELECT d.row_id
+    FROM locked AS l
+    CROSS JOIN LATERAL (
+        SELECT m.ctid AS row_id FROM duratask_inbox AS m
+        WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id
+          AND COALESCE(m.leased_until, m.visible_at) <= now()
+        OFFSET 0
+    ) AS d
 ), taken AS (
+    -- By the row versions just locked (a TID scan). A lease's token is a hash of this statement's
+    -- random nonce and the instance id: the messages get it below without a join to this.
     UPDATE duratask_instances AS i
-    SET lease_token = gen_random_uuid()::text,
+    SET lease_token = md5(%(nonce)s::text || i.instance_id)::uuid::text,
         lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-    FROM locked
-    WHERE i.taskhub = %(taskhub)s AND i.instance_id = locked.instance_id
-    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, locked.first_ready
+    WHERE i.ctid = ANY(ARRAY(SELECT row_id FROM locked))
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires
 ), marked AS (
-    UPDATE duratask_inbox AS m SET lease_token = t.lease_token, leased_until = t.lease_expires
-    FROM taken AS t
-    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id
-      AND COALESCE(m.leased_until, m.visible_at) <= now()
+    UPDATE duratask_inbox AS m
+    SET lease_token = md5(%(nonce)s::text || m.instance_id)::uuid::text,
+        leased_until = now() + make_interval(secs => %(lease_seconds)s::float8)
+    WHERE m.ctid = ANY(ARRAY(SELECT row_id FROM deliverable)) AND COALESCE(m.leased_until, m.visible_at) <= now()
     RETURNING m.instance_id, m.id, m.event
 )
-SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
-FROM taken AS t
-ORDER BY t.first_ready;
+-- Three kinds of rows, no join between them (the caller puts them together): each lease, each
+-- message delivered, and the order of the leases (oldest message first).
+SELECT 'lease', NULL::timestamptz, NULL::bigint, NULL::bytea, i.history_length, i.lease_token,
+       i.lease_expires, {instance_columns}
+FROM taken AS i
+UNION ALL
+SELECT 'message', NULL, m.id, m.event, NULL, NULL, NULL, m.instance_id, {instance_padding}
+FROM marked AS m
+UNION ALL
+SELECT 'order', l.first_ready, NULL, NULL, NULL, NULL, NULL, l.instance_id, {instance_padding}
+FROM locked AS l;
 
 -- The same, for the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as an index
 -- range: leasing entities, "@...", does not take orchestrations).
@@ -233,32 +257,51 @@ WITH ready AS MATERIALIZED (
     ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s
 ), picked AS MATERIALIZED (
-    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
-), locked AS (
-    SELECT i.instance_id, p.first_ready
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id ORDER BY first_ready
+), locked AS MATERIALIZED (
+    SELECT l.row_id, l.instance_id, p.first_ready
     FROM picked AS p
-    JOIN duratask_instances AS i ON i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id
-    WHERE i.lease_expires <= now()
-    ORDER BY p.first_ready
+    CROSS JOIN LATERAL (
+        SELECT i.ctid AS row_id, i.instance_id FROM duratask_instances AS i
+        WHERE i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id AND i.lease_expires <= now()
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) AS l
     LIMIT %(limit)s
-    FOR NO KEY UPDATE OF i SKIP LOCKED
+), deliverable AS MATERIALIZED (
+    SELECT d.row_id
+    FROM locked AS l
+    CROSS JOIN LATERAL (
+        SELECT m.ctid AS row_id FROM duratask_inbox AS m
+        WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id
+          AND COALESCE(m.leased_until, m.visible_at) <= now()
+        OFFSET 0
+    ) AS d
 ), taken AS (
+    -- By the row versions just locked (a TID scan). A lease's token is a hash of this statement's
+    -- random nonce and the instance id: the messages get it below without a join to this.
     UPDATE duratask_instances AS i
-    SET lease_token = gen_random_uuid()::text,
+    SET lease_token = md5(%(nonce)s::text || i.instance_id)::uuid::text,
         lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
-    FROM locked
-    WHERE i.taskhub = %(taskhub)s AND i.instance_id = locked.instance_id
-    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires, locked.first_ready
+    WHERE i.ctid = ANY(ARRAY(SELECT row_id FROM locked))
+    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires
 ), marked AS (
-    UPDATE duratask_inbox AS m SET lease_token = t.lease_token, leased_until = t.lease_expires
-    FROM taken AS t
-    WHERE m.taskhub = %(taskhub)s AND m.instance_id = t.instance_id
-      AND COALESCE(m.leased_until, m.visible_at) <= now()
+    UPDATE duratask_inbox AS m
+    SET lease_token = md5(%(nonce)s::text || m.instance_id)::uuid::text,
+        leased_until = now() + make_interval(secs => %(lease_seconds)s::float8)
+    WHERE m.ctid = ANY(ARRAY(SELECT row_id FROM deliverable)) AND COALESCE(m.leased_until, m.visible_at) <= now()
     RETURNING m.instance_id, m.id, m.event
 )
-SELECT t.*, (SELECT array_agg(mk.event ORDER BY mk.id) FROM marked AS mk WHERE mk.instance_id = t.instance_id)
-FROM taken AS t
-ORDER BY t.first_ready;
+-- Three kinds of rows, no join between them (the caller puts them together): each lease, each
+-- message delivered, and the order of the leases (oldest message first).
+SELECT 'lease', NULL::timestamptz, NULL::bigint, NULL::bytea, i.history_length, i.lease_token,
+       i.lease_expires, {instance_columns}
+FROM taken AS i
+UNION ALL
+SELECT 'message', NULL, m.id, m.event, NULL, NULL, NULL, m.instance_id, {instance_padding}
+FROM marked AS m
+UNION ALL
+SELECT 'order', l.first_ready, NULL, NULL, NULL, NULL, NULL, l.instance_id, {instance_padding}
+FROM locked AS l;
 
 -- The fence of a batch of commits: the rows whose lease is live, locked until the batch commits.
 -- NO KEY UPDATE (what the UPDATE of the row takes anyway) leaves the rows open to the KEY SHARE
@@ -344,6 +387,12 @@ RETURNING id;
 UPDATE duratask_activities SET lease_token = NULL, lease_expires = '-infinity'
 WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s
 RETURNING id;
+
+-- Statements of the worker's hot paths read a handful of rows by key; they run with sequential and
+-- bitmap scans off, for this transaction only, so that tables that grew from nothing since their
+-- last ANALYZE (say a fresh database under a burst of starts) are still read by index.
+-- name: plan_by_index
+SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true);
 
 -- --- wake-ups ----------------------------------------------------------------------------------
 

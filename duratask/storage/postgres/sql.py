@@ -11,6 +11,9 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 #: ``{instance_columns}`` in queries.sql: the columns ``rows.instance_from_row`` reads, alias ``i``.
 INSTANCE_SELECT = ", ".join(f"i.{column}" for column in INSTANCE_COLUMNS)
+#: ``{instance_padding}``: NULLs for the instance columns after the first, in rows of a UNION that
+#: carry only an instance id.
+INSTANCE_PADDING = ", ".join(["NULL"] * (len(INSTANCE_COLUMNS) - 1))
 
 
 def parse_named_statements(text: str) -> dict[str, str]:
@@ -62,6 +65,7 @@ class Queries:
     deliver_activity_results: str
     renew_activity_lease: str
     release_activity_lease: str
+    plan_by_index: str
     notify: str
 
     def __init__(self, statements: dict[str, str]) -> None:
@@ -76,7 +80,8 @@ class Queries:
 
 def load_queries() -> Queries:
     text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-    return Queries(parse_named_statements(text.replace("{instance_columns}", INSTANCE_SELECT)))
+    text = text.replace("{instance_columns}", INSTANCE_SELECT).replace("{instance_padding}", INSTANCE_PADDING)
+    return Queries(parse_named_statements(text))
 
 
 Q = load_queries()

@@ -233,8 +233,9 @@ class PostgresStorage:
     ) -> list[OrchestrationLease]:
         # Replay-safe enough: leases taken by a COMMIT whose reply was lost just expire, as if a
         # worker had died holding them.
-        return await self._write_statement(
-            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix)
+        return await self._write(
+            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix),
+            replay_safe=True,
         )
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
@@ -250,7 +251,7 @@ class PostgresStorage:
     # --- activity work items ------------------------------------------------------------------
 
     async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]:
-        return await self._write_statement(lambda tx: ops.lease_activities(tx, limit, lease_seconds))
+        return await self._write(lambda tx: ops.lease_activities(tx, limit, lease_seconds), replay_safe=True)
 
     async def complete_activities(self, completions: list[ActivityCompletion]) -> list[bool]:
         if not completions:
