@@ -206,6 +206,8 @@ class Worker:
         await self._completions.join()
         completer.cancel()
         await asyncio.gather(completer, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await backend.release_prefetched()
         self._tasks = []
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -268,7 +270,10 @@ class Worker:
         self, backend: Backend, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
     ) -> None:
         try:
-            applied = await backend.complete_orchestrations(done)
+            # Lease the activities these episodes schedule in the same transaction, as far as
+            # there is room: the activity loop finds them without a trip to the storage.
+            room = 0 if self._stopping else self.max_concurrent_activities - len(self._running_activities)
+            applied = await backend.complete_orchestrations(done, lease_activities=room)
         except Exception:
             log.exception("committing %d orchestration episodes failed; they will be re-delivered", len(done))
             applied = [False] * len(done)
@@ -391,7 +396,9 @@ class Worker:
             while not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                await backend.complete_activities(batch)
+                # Likewise the orchestrations these results make ready, for the orchestration loop.
+                room = 0 if self._stopping else self.max_concurrent_orchestrations - self._orchestrations_committing
+                await backend.complete_activities(batch, lease_orchestrations=room)
             except Exception:
                 log.exception("committing %d activity results failed; they will be re-delivered", len(batch))
             finally:

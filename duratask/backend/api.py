@@ -104,17 +104,26 @@ class Backend(Protocol):
     async def lease_orchestrations(self, limit: int) -> list[OrchestrationWorkItem]: ...
 
     async def complete_orchestrations(
-        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], *, lease_activities: int = 0
     ) -> list[bool]:
-        """Apply each episode's actions (group commit); ``False`` where the lease was lost."""
+        """Apply each episode's actions (group commit); ``False`` where the lease was lost.
+
+        With ``lease_activities=N`` the backend may also lease up to N activities right away (in the
+        same transaction where the storage can): the next ``lease_activities`` hands them out first,
+        and ``wait_for_work("activity")`` returns at once while it holds some."""
 
     async def abandon_orchestration(self, item: OrchestrationWorkItem) -> None: ...
 
     async def lease_activities(self, limit: int) -> list[ActivityWorkItem]: ...
 
     async def complete_activities(
-        self, done: list[tuple[ActivityWorkItem, TaskCompleted | TaskFailed]]
-    ) -> list[bool]: ...
+        self, done: list[tuple[ActivityWorkItem, TaskCompleted | TaskFailed]], *, lease_orchestrations: int = 0
+    ) -> list[bool]:
+        """Deliver each result; ``False`` where the lease was lost. ``lease_orchestrations=N``: as
+        ``lease_activities`` of ``complete_orchestrations``, for the orchestrations made ready."""
+
+    async def release_prefetched(self) -> None:
+        """Hand back work leased along with completions and not handed out yet."""
 
     async def abandon_activity(self, item: ActivityWorkItem) -> None: ...
 

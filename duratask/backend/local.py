@@ -13,9 +13,11 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
+from typing import TypeVar
 
 import msgspec
 
@@ -38,6 +40,7 @@ from ..models import OrchestrationRuntimeStatus as Status
 from ..notify import ACTIVITIES, ENTITIES, ORCHESTRATIONS, instance_topic
 from ..storage.base import (
     ActivityCompletion,
+    ActivityLease,
     InboxMessage,
     InstanceFilter,
     InstanceRecord,
@@ -46,11 +49,15 @@ from ..storage.base import (
     OrchestrationLease,
     PageCursor,
     Storage,
+    commit_then_lease_activities,
+    complete_then_lease_orchestrations,
 )
 from . import entities, rewind, runtime_state
 from .api import ActivityWorkItem, OrchestrationResult, OrchestrationWorkItem, WaitUntil, WorkKind
 
 log = logging.getLogger("duratask.backend")
+
+T = TypeVar("T")
 
 MAX_INSTANCE_ID_LENGTH = 256
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -124,6 +131,11 @@ class LocalBackend:
         self._armed: dict[WorkKind, asyncio.Future[None]] = {}
         #: Kinds whose last lease took as many as it was allowed: the storage may hold more.
         self._lease_was_full: set[WorkKind] = set()
+        # Work leased along with a completion (``complete_*(..., lease_*=N)``), handed out first by
+        # the next ``lease_*``; and the futures ``wait_for_work`` sleeps on, woken when some comes.
+        self._prefetched_orchestrations: deque[OrchestrationLease] = deque()
+        self._prefetched_activities: deque[ActivityLease] = deque()
+        self._waiting: dict[WorkKind, set[asyncio.Future[None]]] = {"orchestration": set(), "activity": set()}
         # Entity leases handed out by this process (token -> what the lease decided), and the
         # entity pump's armed wake-up (see "durable entities" below).
         self._entity_leases: dict[str, entities.EntityPlan] = {}
@@ -133,6 +145,7 @@ class LocalBackend:
         self._entity_topic = ENTITIES if getattr(storage, "notifies_entities", False) else ORCHESTRATIONS
 
     async def close(self) -> None:
+        await self.release_prefetched()
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -357,11 +370,13 @@ class LocalBackend:
             self._armed[kind] = self.storage.notifier.register(_TOPICS[kind])
 
     async def lease_orchestrations(self, limit: int) -> list[OrchestrationWorkItem]:
-        self._arm("orchestration")
-        leases = await self.storage.lease_orchestrations(
-            limit, self.options.lease_seconds, exclude_id_prefix=entities.ENTITY_ID_PREFIX
-        )
-        self._note_fullness("orchestration", len(leases), limit)
+        leases = _take(self._prefetched_orchestrations, limit)
+        if not leases:
+            self._arm("orchestration")
+            leases = await self.storage.lease_orchestrations(
+                limit, self.options.lease_seconds, exclude_id_prefix=entities.ENTITY_ID_PREFIX
+            )
+            self._note_fullness("orchestration", len(leases), limit)
         items: list[OrchestrationWorkItem] = []
         settle: list[OrchestrationCommit] = []
         now = utcnow()
@@ -399,12 +414,12 @@ class LocalBackend:
         return None
 
     async def complete_orchestrations(
-        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], *, lease_activities: int = 0
     ) -> list[bool]:
-        return [applied for applied, _ in await self.commit_episodes(done)]
+        return [applied for applied, _ in await self.commit_episodes(done, lease_activities=lease_activities)]
 
     async def commit_episodes(
-        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], *, lease_activities: int = 0
     ) -> list[tuple[bool, OrchestrationCommit]]:
         """``complete_orchestrations``, also returning each episode's commit (what it appended to
         the history): ``duratask serve`` keeps the histories of the instances it runs from them."""
@@ -422,7 +437,19 @@ class LocalBackend:
             commits.append(commit)
         await self._refuse_clashing_sub_orchestrations(commits)
         await self._terminate_children_of_terminated(commits, done)
-        applied = await self.storage.commit_orchestrations(commits)
+        room = lease_activities - len(self._prefetched_activities)
+        if room <= 0:
+            applied = await self.storage.commit_orchestrations(commits)
+        else:
+            self._arm("activity")
+            applied, leases = await commit_then_lease_activities(
+                self.storage, commits, room, self.options.lease_seconds
+            )
+            self._note_fullness("activity", len(leases), room)
+            self._hold_activity_leases(leases)
+            if leases:
+                self._prefetched_activities.extend(leases)
+                self._wake("activity")
         return list(zip(applied, commits, strict=True))
 
     def _enforce_payload_limits(self, result: OrchestrationResult) -> OrchestrationResult:
@@ -487,13 +514,12 @@ class LocalBackend:
     # --- activity work items -----------------------------------------------------------------
 
     async def lease_activities(self, limit: int) -> list[ActivityWorkItem]:
-        self._arm("activity")
-        leases = await self.storage.lease_activities(limit, self.options.lease_seconds)
-        self._note_fullness("activity", len(leases), limit)
-        for lease in leases:
-            self._activity_leases[lease.token] = lease.activity_id
-        if leases:
-            self._ensure_renewer()
+        leases = _take(self._prefetched_activities, limit)
+        if not leases:
+            self._arm("activity")
+            leases = await self.storage.lease_activities(limit, self.options.lease_seconds)
+            self._note_fullness("activity", len(leases), limit)
+            self._hold_activity_leases(leases)
         return [
             ActivityWorkItem(
                 instance_id=lease.task.instance_id,
@@ -508,8 +534,15 @@ class LocalBackend:
             for lease in leases
         ]
 
+    def _hold_activity_leases(self, leases: list[ActivityLease]) -> None:
+        """Renew these leases while this process holds them."""
+        for lease in leases:
+            self._activity_leases[lease.token] = lease.activity_id
+        if leases:
+            self._ensure_renewer()
+
     async def complete_activities(
-        self, done: list[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]]
+        self, done: list[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]], *, lease_orchestrations: int = 0
     ) -> list[bool]:
         completions = []
         for item, event in done:
@@ -531,7 +564,34 @@ class LocalBackend:
                     event=event,
                 )
             )
-        return await self.storage.complete_activities(completions)
+        room = lease_orchestrations - len(self._prefetched_orchestrations)
+        if room <= 0:
+            return await self.storage.complete_activities(completions)
+        self._arm("orchestration")
+        applied, leases = await complete_then_lease_orchestrations(
+            self.storage,
+            completions,
+            room,
+            self.options.lease_seconds,
+            exclude_id_prefix=entities.ENTITY_ID_PREFIX,
+        )
+        self._note_fullness("orchestration", len(leases), room)
+        if leases:
+            self._prefetched_orchestrations.extend(leases)
+            self._wake("orchestration")
+        return applied
+
+    async def release_prefetched(self) -> None:
+        """Hand back the work leased along with completions and not taken yet (at shutdown)."""
+        while self._prefetched_orchestrations:
+            lease = self._prefetched_orchestrations.popleft()
+            with contextlib.suppress(Exception):
+                await self.storage.abandon_orchestration(lease.instance.instance_id, lease.token)
+        while self._prefetched_activities:
+            activity = self._prefetched_activities.popleft()
+            self._activity_leases.pop(activity.token, None)
+            with contextlib.suppress(Exception):
+                await self.storage.abandon_activity(activity.activity_id, activity.token)
 
     async def abandon_activity(self, item: ActivityWorkItem) -> None:
         activity_id = self._activity_leases.pop(item.token, None)
@@ -596,11 +656,21 @@ class LocalBackend:
         else:
             self._lease_was_full.discard(kind)
 
+    def _wake(self, kind: WorkKind) -> None:
+        """Wake this backend's callers sleeping in ``wait_for_work(kind)``: prefetched work is here."""
+        for fut in self._waiting[kind]:
+            if not fut.done():
+                fut.set_result(None)
+
     async def wait_for_work(self, kind: WorkKind, timeout: float) -> None:
-        """Return at once when the last lease of ``kind`` was full or work was queued since it began;
+        """Return at once when work of ``kind`` was prefetched, the last lease of it was full, or
+        work was queued since it began;
         else sleep until a commit queues some (or a timer is due, or ``timeout``). A lease that found
         less than it could take saw everything visible, so looking again before a wake-up would be a
         transaction that finds nothing."""
+        prefetched = self._prefetched_orchestrations if kind == "orchestration" else self._prefetched_activities
+        if prefetched:  # the armed wake-up and the fullness stay for when it is drained
+            return
         woke = self._armed.pop(kind, None)
         if kind in self._lease_was_full or (woke is not None and woke.done()):
             self._lease_was_full.discard(kind)
@@ -609,7 +679,16 @@ class LocalBackend:
             return
         if woke is None:
             woke = self.storage.notifier.register(_TOPICS[kind])
-        if kind == "orchestration":
+        self._waiting[kind].add(woke)  # before any await: prefetched work may come meanwhile
+        try:
+            await self._sleep(woke, timeout, until_due_messages=kind == "orchestration")
+        finally:
+            self._waiting[kind].discard(woke)
+
+    async def _sleep(self, woke: asyncio.Future[None], timeout: float, *, until_due_messages: bool) -> None:
+        """Wait for ``woke``, no longer than until the next delayed message is due (timers,
+        scheduled starts) if ``until_due_messages``, nor than the poll interval of a shared storage."""
+        if until_due_messages:
             due = await self.storage.next_visible_at()
             if due is not None:
                 timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
@@ -820,12 +899,7 @@ class LocalBackend:
         elif woke.done():
             self.storage.notifier.unregister(woke)
             return
-        due = await self.storage.next_visible_at()
-        if due is not None:
-            timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
-        if self.storage.shared_across_processes:
-            timeout = min(timeout, self.options.max_poll_seconds)
-        await self.storage.notifier.wait(woke, timeout)
+        await self._sleep(woke, timeout, until_due_messages=True)
 
 
 _TOPICS: dict[WorkKind, str] = {"orchestration": ORCHESTRATIONS, "activity": ACTIVITIES}
@@ -881,3 +955,8 @@ def _fenced_out(item: OrchestrationWorkItem) -> OrchestrationCommit:
         last_updated_at=utcnow(),
     )
     return OrchestrationCommit(token=item.token, instance=placeholder, history_append=[])
+
+
+def _take(buffer: deque[T], limit: int) -> list[T]:
+    """Up to ``limit`` items from the front of ``buffer``."""
+    return [buffer.popleft() for _ in range(min(limit, len(buffer)))]

@@ -298,3 +298,42 @@ class Storage(Protocol):
         An instance whose id exists already (in any status) fails the whole batch with
         ``ImportConflictError``, unless ``replace``: then the existing one is deleted first, with
         its history, inbox and activities. Imported work is unleased and ready to run."""
+
+
+# --- a completion and the lease of the work it made ready, in one go -------------------------------
+# A storage may offer these as one transaction (``commit_orchestrations_then_lease_activities``,
+# ``complete_activities_then_lease_orchestrations``): the worker that completes a step takes the
+# next one without another round trip, and nobody else need be woken for work it took. Where a
+# storage has no such method, the two halves run one after the other: the same outcome, two trips.
+
+
+async def commit_then_lease_activities(
+    storage: Storage, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
+) -> tuple[list[bool], list[ActivityLease]]:
+    """``commit_orchestrations``, then ``lease_activities(limit)``."""
+    combined = getattr(storage, "commit_orchestrations_then_lease_activities", None)
+    if combined is not None:
+        result: tuple[list[bool], list[ActivityLease]] = await combined(commits, limit, lease_seconds)
+        return result
+    applied = await storage.commit_orchestrations(commits)
+    return applied, await storage.lease_activities(limit, lease_seconds)
+
+
+async def complete_then_lease_orchestrations(
+    storage: Storage,
+    completions: list[ActivityCompletion],
+    limit: int,
+    lease_seconds: float,
+    *,
+    exclude_id_prefix: str | None = None,
+) -> tuple[list[bool], list[OrchestrationLease]]:
+    """``complete_activities``, then ``lease_orchestrations(limit)``."""
+    combined = getattr(storage, "complete_activities_then_lease_orchestrations", None)
+    if combined is not None:
+        result: tuple[list[bool], list[OrchestrationLease]] = await combined(
+            completions, limit, lease_seconds, exclude_id_prefix=exclude_id_prefix
+        )
+        return result
+    applied = await storage.complete_activities(completions)
+    leases = await storage.lease_orchestrations(limit, lease_seconds, exclude_id_prefix=exclude_id_prefix)
+    return applied, leases

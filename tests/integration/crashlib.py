@@ -391,9 +391,9 @@ class RecordingBackend:
             self._leased_at[item.token] = now
         return list(items)
 
-    async def complete_orchestrations(self, done: list[tuple[Any, Any]]) -> list[bool]:
+    async def complete_orchestrations(self, done: list[tuple[Any, Any]], **options: Any) -> list[bool]:
         sent = time.time()
-        applied: list[bool] = await self._inner.complete_orchestrations(done)
+        applied: list[bool] = await self._inner.complete_orchestrations(done, **options)
         for (item, _), ok in zip(done, applied):
             start = self._leased_at.pop(item.token, sent)
             self._recorder.write(Held("orchestration", item.instance_id, -1, os.getpid(), start, sent, ok))

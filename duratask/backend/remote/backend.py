@@ -307,8 +307,9 @@ class RemoteBackend:
         return None
 
     async def complete_orchestrations(
-        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]]
+        self, done: list[tuple[OrchestrationWorkItem, OrchestrationResult]], *, lease_activities: int = 0
     ) -> list[bool]:
+        # ``lease_activities``: the scheduler streams work as it comes; nothing to lease ahead.
         return list(await asyncio.gather(*(self._complete_orchestration(i, r) for i, r in done)))
 
     async def _complete_orchestration(self, item: OrchestrationWorkItem, result: OrchestrationResult) -> bool:
@@ -347,9 +348,12 @@ class RemoteBackend:
         return items
 
     async def complete_activities(
-        self, done: list[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]]
+        self, done: list[tuple[ActivityWorkItem, h.TaskCompleted | h.TaskFailed]], *, lease_orchestrations: int = 0
     ) -> list[bool]:
         return list(await asyncio.gather(*(self._complete_activity(i, e) for i, e in done)))
+
+    async def release_prefetched(self) -> None:
+        """Nothing is leased ahead over gRPC (``complete_*`` ignore ``lease_*``)."""
 
     async def _complete_activity(
         self, item: ActivityWorkItem, outcome: h.TaskCompleted | h.TaskFailed

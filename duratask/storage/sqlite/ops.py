@@ -194,6 +194,38 @@ def lease_orchestrations(
     ]
 
 
+def commit_orchestrations_then_lease_activities(
+    tx: Tx, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
+) -> tuple[list[bool], list[ActivityLease]]:
+    applied = commit_orchestrations(tx, commits)
+    leases = lease_activities(tx, limit, lease_seconds)
+    scheduled = {
+        (task.instance_id, task.task_id)
+        for commit, ok in zip(commits, applied)
+        if ok
+        for task in commit.activities
+    }
+    if scheduled <= {(lease.task.instance_id, lease.task.task_id) for lease in leases}:
+        tx.topics.discard(ACTIVITIES)  # this caller took every activity it queued: wake nobody
+    return applied, leases
+
+
+def complete_activities_then_lease_orchestrations(
+    tx: Tx,
+    completions: list[ActivityCompletion],
+    limit: int,
+    lease_seconds: float,
+    exclude_id_prefix: str | None,
+) -> tuple[list[bool], list[OrchestrationLease]]:
+    applied = complete_activities(tx, completions)
+    leases = lease_orchestrations(tx, limit, lease_seconds, exclude_id_prefix=exclude_id_prefix)
+    delivered = {completion.instance_id for completion, ok in zip(completions, applied) if ok}
+    if delivered <= {lease.instance.instance_id for lease in leases}:
+        # This caller leased every instance it delivered a result to: wake nobody for them.
+        tx.topics.difference_update(inbox_topics(delivered))
+    return applied, leases
+
+
 def _new_tokens(count: int) -> list[str]:
     """``count`` random 128-bit lease tokens (hex), from one read of the OS random source."""
     pool = os.urandom(16 * count).hex()

@@ -249,6 +249,14 @@ class SqliteStorage:
             return []
         return await self._write(lambda tx: ops.commit_orchestrations(tx, commits))
 
+    async def commit_orchestrations_then_lease_activities(
+        self, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
+    ) -> tuple[list[bool], list[ActivityLease]]:
+        """Both in one transaction (``storage.base.commit_then_lease_activities``)."""
+        return await self._write(
+            lambda tx: ops.commit_orchestrations_then_lease_activities(tx, commits, limit, lease_seconds)
+        )
+
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
         await self._write_unsynced(lambda tx: ops.abandon_orchestration(tx, instance_id, token))
 
@@ -261,6 +269,21 @@ class SqliteStorage:
         if not completions:
             return []
         return await self._write_unsynced(lambda tx: ops.complete_activities(tx, completions))
+
+    async def complete_activities_then_lease_orchestrations(
+        self,
+        completions: list[ActivityCompletion],
+        limit: int,
+        lease_seconds: float,
+        *,
+        exclude_id_prefix: str | None = None,
+    ) -> tuple[list[bool], list[OrchestrationLease]]:
+        """Both in one transaction (``storage.base.complete_then_lease_orchestrations``)."""
+        return await self._write_unsynced(
+            lambda tx: ops.complete_activities_then_lease_orchestrations(
+                tx, completions, limit, lease_seconds, exclude_id_prefix
+            )
+        )
 
     async def abandon_activity(self, activity_id: int, token: str) -> None:
         await self._write_unsynced(lambda tx: ops.abandon_activity(tx, activity_id, token))
