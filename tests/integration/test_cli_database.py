@@ -155,7 +155,8 @@ def test_a_database_newer_than_the_code_is_refused_and_left_alone(
             versions = [
                 row[0] for row in conn.execute("SELECT version FROM duratask_schema ORDER BY version")
             ]
-    assert versions == [1, 99]
+    latest = 1 if kind == "sqlite" else len(load_postgres_migrations())
+    assert versions == [*range(1, latest + 1), 99]
 
 
 @pytest.mark.parametrize("command", ["migrate", "export", "import"])
