@@ -7,6 +7,12 @@ concurrent callers are serialized without locks.
 Write functions that are queued together share one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync),
 each inside its own savepoint so that one raising rolls back only itself. Notifications go out
 after the commit, so a woken waiter always sees the change.
+
+One exception to the hand-off: a read or a write that needs no disk sync, called while the thread
+is idle (nothing queued, its connection lock free), runs at once on the caller's thread. Such
+calls take well under a millisecond, and a step of a lone instance then costs no thread switch
+for them; a synced commit always goes to the thread (its fsync must not stall an event loop), and
+so does everything while the thread is busy (where group commit pays).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ...notify import Notifier
+from .schema import BUSY_TIMEOUT_MS
 
 T = TypeVar("T")
 
@@ -121,6 +128,9 @@ class SqliteRunner:
         self._notifier = notifier
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        #: Held by whoever uses the connection: the thread for a batch, or a caller running inline.
+        self._conn_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         self._stopping = False
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -144,6 +154,13 @@ class SqliteRunner:
         if os.getpid() != self._pid:
             # A forked child inherits this object but not its thread: fail instead of waiting forever.
             raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
+        if not (write and sync and self._durable) and self._queue.empty() and self._conn_lock.acquire(False):
+            try:
+                ran, result = self._run_inline(fn, write)
+            finally:
+                self._conn_lock.release()
+            if ran:
+                return result  # type: ignore[return-value]  # ran: fn's own result
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
@@ -151,6 +168,33 @@ class SqliteRunner:
                 raise RuntimeError("the SQLite storage is closed")
             self._queue.put(_Job(fn, write, loop, future, sync))
         return await future
+
+    def _run_inline(self, fn: Callable[[Tx], T], write: bool) -> tuple[bool, T | None]:
+        """Run ``fn`` on the caller's thread (the connection lock held); ``(False, None)`` when it
+        must be queued after all: closed or closing, or another process holds the write lock
+        (waiting for it here would block the caller's event loop)."""
+        conn = self._conn
+        if conn is None or self._stopping:
+            return False, None
+        tx = Tx(conn, self._taskhub)
+        if not write:
+            return True, fn(tx)
+        self._set_synced(conn, False)
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # busy: let the thread wait for the lock
+            return False, None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            result = fn(tx)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        self._publish(tx.topics)
+        return True, result
 
     async def stop(self) -> None:
         """Finish the work already queued, close the connection, end the thread."""
@@ -171,12 +215,15 @@ class SqliteRunner:
             self._ready.set_exception(exc)
             self._stopped.set_result(None)
             return
+        self._conn = conn
         self._ready.set_result(None)
         try:
             self._serve(conn)
         finally:
             try:
-                conn.close()
+                with self._conn_lock:
+                    self._conn = None
+                    conn.close()
             finally:
                 self._stopped.set_result(None)
 
@@ -185,7 +232,8 @@ class SqliteRunner:
             try:
                 first = self._queue.get(timeout=self._watch_interval)
             except queue.Empty:
-                self._watch_other_processes(conn)
+                with self._conn_lock:
+                    self._watch_other_processes(conn)
                 continue
             batch = [first]
             while len(batch) < MAX_COALESCED_WRITES:
@@ -193,22 +241,23 @@ class SqliteRunner:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if (
-                self._watch_interval is not None
-                and time.monotonic() - self._last_watch > self._watch_interval
-            ):
-                self._watch_other_processes(conn)
-            try:
-                if not self._run_batch(conn, batch):
+            with self._conn_lock:
+                if not self._serve_batch(conn, batch):
                     return
-            except Exception as exc:  # a bug here must not leave callers waiting forever
-                logger.exception("SQLite storage thread failed to run a batch")
-                _rollback_quietly(conn)
-                for job in batch:
-                    if job is not _STOP:
-                        job.settle(None, exc)  # jobs already settled ignore this
-                if _STOP in batch:
-                    return
+
+    def _serve_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
+        """Run one batch (the connection lock held); ``False`` once told to stop."""
+        if self._watch_interval is not None and time.monotonic() - self._last_watch > self._watch_interval:
+            self._watch_other_processes(conn)
+        try:
+            return self._run_batch(conn, batch)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            logger.exception("SQLite storage thread failed to run a batch")
+            _rollback_quietly(conn)
+            for job in batch:
+                if job is not _STOP:
+                    job.settle(None, exc)  # jobs already settled ignore this
+            return _STOP not in batch
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> bool:
         """Run jobs in order, consecutive writes in one transaction. ``False`` once told to stop."""
@@ -273,15 +322,18 @@ class SqliteRunner:
             for job in jobs:
                 job.settle(None, exc)
             return
-        topics = set().union(*(job_topics for _, _, error, job_topics in outcomes if error is None))
+        self._publish(set().union(*(job_topics for _, _, error, job_topics in outcomes if error is None)))
+        for job, result, error, _ in outcomes:
+            job.settle(result, error)
+
+    def _publish(self, topics: set[str]) -> None:
+        """After a commit: wake the waiters of ``topics`` (and note a delayed message)."""
         if _DELAYED in topics:
             topics.discard(_DELAYED)
             if self._on_delayed is not None:
                 self._on_delayed()
         if topics:
             self._notifier.notify(*topics)
-        for job, result, error, _ in outcomes:
-            job.settle(result, error)
 
     def _run_in_savepoint(
         self, conn: sqlite3.Connection, job: _Job[Any]

@@ -129,9 +129,12 @@ class SqliteStorage:
             await runner.stop()
 
     def _connect(self) -> sqlite3.Connection:
-        """Runs on the connection thread, which then owns the connection."""
+        """Runs on the connection thread, which then owns the connection (and lends it, under
+        its lock, to a caller that finds it idle: ``SqliteRunner.call``)."""
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, cached_statements=256, check_same_thread=False
+            )
             conn.execute("PRAGMA schema_version")  # connect() is lazy: touch the file now
         except sqlite3.OperationalError as exc:
             raise sqlite3.OperationalError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
