@@ -108,3 +108,74 @@ async def test_a_storage_is_not_woken_twice_by_its_own_notifications(
     await asyncio.sleep(0.05)
     assert not late.done()
     one.notifier.unregister(late)
+
+
+# --- work the caller took in the same transaction wakes no other process ------------------------
+
+
+async def _quiet_until(
+    listener: PostgresStorage, barrier: object, topic: str, quiet: asyncio.Future[None]
+) -> None:
+    """``barrier`` (an awaitable) wakes ``topic`` on ``listener``; NOTIFYs arrive in commit order,
+    so anything committed before it has arrived too: ``quiet`` must not have been woken."""
+    await _wakes(listener, barrier, topic)
+    assert not quiet.done()
+    listener.notifier.unregister(quiet)
+
+
+async def test_a_commit_that_leases_all_it_schedules_wakes_no_activity_worker(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    await create(one, "b")
+    lease_a, lease_b = sorted(
+        await one.lease_orchestrations(10, LONG), key=lambda lease: lease.instance.instance_id
+    )
+    quiet = two.notifier.register(ACTIVITIES)
+    _, leased = await one.commit_orchestrations_then_lease_activities(
+        [commit_of(lease_a, activities=[activity("a", 0)])], 5, LONG
+    )
+    assert [held.task.instance_id for held in leased] == ["a"]
+    # The status change of "a" is still announced (another topic of the same transaction).
+    await _quiet_until(two, one.commit_orchestrations([commit_of(lease_b)]), instance_topic("b"), quiet)
+    assert await two.lease_activities(10, LONG) == []  # and the activity is the caller's
+
+
+async def test_a_completion_leases_the_instances_it_delivered_to_before_older_work_and_wakes_nobody(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    lease = await lease_only(one)
+    assert await one.commit_orchestrations([commit_of(lease, activities=[activity("a", 0)])]) == [True]
+    (held,) = await one.lease_activities(10, LONG)
+    for n in range(3):
+        await create(one, f"older-{n}")  # ready before the result: a plain lease would take these first
+    await create(one, "b")
+    (lease_b,) = await one.lease_orchestrations(1, LONG, id_prefix="b")
+    quiet = two.notifier.register(ORCHESTRATIONS)
+
+    applied, leased = await one.complete_activities_then_lease_orchestrations([completion(held)], 1, LONG)
+
+    assert applied == [True]
+    assert [next_.instance.instance_id for next_ in leased] == ["a"]
+    await _quiet_until(two, one.commit_orchestrations([commit_of(lease_b)]), instance_topic("b"), quiet)
+
+
+async def test_a_completion_whose_instance_is_held_elsewhere_still_wakes_others(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    lease = await lease_only(one)
+    assert await one.commit_orchestrations([commit_of(lease, activities=[activity("a", 0)])]) == [True]
+    (held,) = await one.lease_activities(10, LONG)
+    await one.enqueue([message("a", raised("e"))])
+    await lease_only(two)  # "a" is busy in the other process
+
+    async def complete() -> None:
+        _, leased = await one.complete_activities_then_lease_orchestrations([completion(held)], 5, LONG)
+        assert leased == []
+
+    await _wakes(two, complete(), ORCHESTRATIONS)

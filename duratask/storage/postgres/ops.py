@@ -189,9 +189,10 @@ async def lease_orchestrations(
     lease_seconds: float,
     id_prefix: str | None = None,
     exclude_id_prefix: str | None = None,
+    preferred: list[str] | None = None,
 ) -> list[OrchestrationLease]:
     """One statement (see queries.sql), planned by index; then the release of leases that found no
-    message (rare: see the statement)."""
+    message (rare: see the statement). ``preferred`` instances are taken before all others."""
     if limit <= 0:
         return []
     await plan_by_index(tx)
@@ -202,6 +203,7 @@ async def lease_orchestrations(
         "scan_limit": limit * _SCAN_FACTOR,
         "lease_seconds": float(lease_seconds),
         "exclude_id_prefix": exclude_id_prefix or None,
+        "preferred": preferred or [],
     }
     query = Q.lease_orchestrations
     if id_prefix:
@@ -242,6 +244,26 @@ async def _leases_from_rows(rows: list[tuple[Any, ...]]) -> list[OrchestrationLe
 
 async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> list[bool]:
     """Fence every commit against the locked lease rows, then apply the accepted ones together."""
+    results, _ = await _commit_orchestrations(tx, commits, 0, 0.0)
+    return results
+
+
+async def commit_orchestrations_then_lease_activities(
+    tx: Tx, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
+) -> tuple[list[bool], list[ActivityLease]]:
+    """``commit_orchestrations`` then ``lease_activities(limit)``, in one transaction: the activities
+    the commits schedule are inserted already leased to the caller (as many as ``limit``), and
+    nobody is woken for them; what room is left takes free activities as any lease would."""
+    results, own = await _commit_orchestrations(tx, commits, limit, lease_seconds)
+    others = await lease_activities(tx, limit - len(own), lease_seconds)
+    return results, sorted([*own, *others], key=lambda lease: lease.activity_id)
+
+
+async def _commit_orchestrations(
+    tx: Tx, commits: list[OrchestrationCommit], take_activities: int, lease_seconds: float
+) -> tuple[list[bool], list[ActivityLease]]:
+    """The fence and the apply; returns the leases of the scheduled activities taken (the first
+    ``take_activities`` of them)."""
     await plan_by_index(tx)
     ids = list(dict.fromkeys(commit.instance.instance_id for commit in commits))
     live = {
@@ -263,12 +285,14 @@ async def commit_orchestrations(tx: Tx, commits: list[OrchestrationCommit]) -> l
             accepted.append((commit, held[1]))
             if held[2] != commit.instance.status.value:  # waiters on an instance wait for its status
                 tx.notify(instance_topic(instance_id))
-    if accepted:
-        await _apply(tx, accepted)
-    return results
+    if not accepted:
+        return results, []
+    return results, await _apply(tx, accepted, take_activities, lease_seconds)
 
 
-async def _apply(tx: Tx, accepted: list[tuple[OrchestrationCommit, int]]) -> None:
+async def _apply(
+    tx: Tx, accepted: list[tuple[OrchestrationCommit, int]], take_activities: int, lease_seconds: float
+) -> list[ActivityLease]:
     conn, taskhub = tx.conn, tx.taskhub
     ids = [commit.instance.instance_id for commit, _ in accepted]
     reset = [commit.instance.instance_id for commit, _ in accepted if commit.reset_history]
@@ -294,9 +318,11 @@ async def _apply(tx: Tx, accepted: list[tuple[OrchestrationCommit, int]]) -> Non
     )
 
     activities = [task for commit, _ in accepted for task in commit.activities]
+    taken: list[ActivityLease] = []
     if activities:
-        await _insert_activities(tx, activities)
-        tx.notify(ACTIVITIES)
+        taken = await _insert_activities(tx, activities, take_activities, lease_seconds)
+        if len(taken) < len(activities):  # wake others only for activities the committer left
+            tx.notify(ACTIVITIES)
     # Sub-orchestrations before messages: an event sent to a child created in the same episode
     # must find it.
     new_instances = [new for commit, _ in accepted for new in commit.new_instances]
@@ -307,6 +333,7 @@ async def _apply(tx: Tx, accepted: list[tuple[OrchestrationCommit, int]]) -> Non
         # Also when messages that arrived during the lease wait: a worker that found this instance
         # leased went back to sleep.
         tx.notify(ORCHESTRATIONS)
+    return taken
 
 
 async def _any_visible_message(tx: Tx, instance_ids: list[str]) -> bool:
@@ -314,18 +341,44 @@ async def _any_visible_message(tx: Tx, instance_ids: list[str]) -> bool:
     return bool(row and row[0])
 
 
-async def _insert_activities(tx: Tx, activities: list[ActivityTask]) -> None:
-    await tx.conn.execute(
-        Q.insert_activities,
-        {
-            "taskhub": tx.taskhub,
-            "instance_ids": [task.instance_id for task in activities],
-            "execution_ids": [task.execution_id for task in activities],
-            "task_ids": [task.task_id for task in activities],
-            "names": [task.name for task in activities],
-            "versions": [task.version for task in activities],
-            "inputs": [task.input for task in activities],
-        },
+async def _insert_activities(
+    tx: Tx, activities: list[ActivityTask], take: int, lease_seconds: float
+) -> list[ActivityLease]:
+    """Insert ``activities``, the first ``take`` of them leased to the caller; returns those leases."""
+    params: dict[str, Any] = {
+        "taskhub": tx.taskhub,
+        "instance_ids": [task.instance_id for task in activities],
+        "execution_ids": [task.execution_id for task in activities],
+        "task_ids": [task.task_id for task in activities],
+        "names": [task.name for task in activities],
+        "versions": [task.version for task in activities],
+        "inputs": [task.input for task in activities],
+    }
+    if take <= 0:
+        await tx.conn.execute(Q.insert_activities, params)
+        return []
+    params |= {"take": take, "lease_seconds": float(lease_seconds)}
+    rows = await _all(tx.conn, Q.insert_activities_leasing_first, params)
+    return [_activity_lease(row) for row in rows if row[1] is not None]
+
+
+def _activity_lease(row: tuple[Any, ...]) -> ActivityLease:
+    """An ``ActivityLease`` of a row (id, token, expiry, instance, execution, task id, name, input,
+    version, attempt)."""
+    activity_id, token, expires_at, instance_id, execution_id, task_id, name, input_, version, attempt = row
+    return ActivityLease(
+        activity_id=activity_id,
+        token=token,
+        expires_at=expires_at.astimezone(UTC),
+        task=ActivityTask(
+            instance_id=instance_id,
+            execution_id=execution_id,
+            task_id=task_id,
+            name=name,
+            input=input_,
+            version=version,
+        ),
+        attempt=attempt,
     )
 
 
@@ -345,26 +398,35 @@ async def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[Act
     await plan_by_index(tx)
     params = {"taskhub": tx.taskhub, "limit": limit, "lease_seconds": float(lease_seconds)}
     rows = sorted(await _all(tx.conn, Q.lease_activities, params))
-    return [
-        ActivityLease(
-            activity_id=activity_id,
-            token=token,
-            expires_at=expires_at.astimezone(UTC),
-            task=ActivityTask(
-                instance_id=instance_id,
-                execution_id=execution_id,
-                task_id=task_id,
-                name=name,
-                input=input_,
-                version=version,
-            ),
-            attempt=attempt,
-        )
-        for activity_id, token, expires_at, instance_id, execution_id, task_id, name, input_, version, attempt in rows
-    ]
+    return [_activity_lease(row) for row in rows]
 
 
 async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> list[bool]:
+    results, _ = await _complete_activities(tx, completions)
+    return results
+
+
+async def complete_activities_then_lease_orchestrations(
+    tx: Tx,
+    completions: list[ActivityCompletion],
+    limit: int,
+    lease_seconds: float,
+    exclude_id_prefix: str | None,
+) -> tuple[list[bool], list[OrchestrationLease]]:
+    """``complete_activities`` then ``lease_orchestrations(limit)``, in one transaction; the
+    instances the results were delivered to are leased before any other (their next step stays in
+    this process, whose cache holds them), and if all of them were, nobody is woken."""
+    results, delivered = await _complete_activities(tx, completions)
+    leases = await lease_orchestrations(
+        tx, limit, lease_seconds, exclude_id_prefix=exclude_id_prefix, preferred=sorted(delivered)
+    )
+    if delivered and delivered <= {lease.instance.instance_id for lease in leases}:
+        tx.topics.discard(ORCHESTRATIONS)  # the only topic a completion sends
+    return results, leases
+
+
+async def _complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> tuple[list[bool], set[str]]:
+    """The fence and the deliveries; returns the ids of the instances a result was delivered to."""
     await plan_by_index(tx)
     taken = {
         activity_id: (token, instance_id, execution_id)
@@ -387,6 +449,7 @@ async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> 
         if ok and row is not None:
             del taken[completion.activity_id]  # a repeated completion in the batch is not applied twice
             deliveries.append((row[1], row[2], encode_event(completion.event)))
+    delivered: list[tuple[Any, ...]] = []
     if deliveries:
         delivered = await _all(
             tx.conn,
@@ -401,7 +464,7 @@ async def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> 
         )
         if delivered:
             tx.notify(ORCHESTRATIONS)
-    return results
+    return results, {instance_id for (instance_id,) in delivered}
 
 
 async def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:

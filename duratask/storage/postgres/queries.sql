@@ -190,14 +190,21 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 -- The caller runs this with sequential and bitmap scans off (see ops.PLAN_BY_INDEX): whatever the
 -- statistics say (a fresh database has none), the backlog is read through the ordered index.
 -- NO KEY UPDATE does not conflict with the KEY SHARE of a writer adding a message meanwhile.
+-- %(preferred)s: instances to take before all others (the caller just delivered them a message in
+-- this transaction: its next step stays in the process that ran the last one). They rank first
+-- (ready at the epoch); one already leased elsewhere is skipped like any other.
 -- name: lease_orchestrations
 WITH ready AS MATERIALIZED (
-    SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
+    SELECT p.instance_id, 'epoch'::timestamptz AS ready_at
+    FROM unnest(%(preferred)s::text[]) AS p(instance_id)
+    WHERE %(exclude_id_prefix)s::text IS NULL OR NOT starts_with(p.instance_id, %(exclude_id_prefix)s::text)
+    UNION ALL
+    (SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
     FROM duratask_inbox AS m
     WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
     ORDER BY COALESCE(m.leased_until, m.visible_at)
-    LIMIT %(scan_limit)s
+    LIMIT %(scan_limit)s)
 ), picked AS MATERIALIZED (
     SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id ORDER BY first_ready
 ), locked AS MATERIALIZED (
@@ -337,6 +344,25 @@ FROM unnest(
     %(versions)s::text[], %(inputs)s::text[]
 ) WITH ORDINALITY AS a(instance_id, execution_id, task_id, name, version, input, ord)
 ORDER BY a.ord;
+
+-- The same, the first %(take)s of them leased at once by the committer (nobody else can see them
+-- before the COMMIT, so there is nothing to lock or skip); all rows come back, free ones with no token.
+-- name: insert_activities_leasing_first
+INSERT INTO duratask_activities (
+    taskhub, instance_id, execution_id, task_id, name, version, input, lease_token, lease_expires, attempt
+)
+SELECT %(taskhub)s, a.instance_id, a.execution_id, a.task_id, a.name, a.version, a.input,
+       CASE WHEN a.ord <= %(take)s THEN gen_random_uuid()::text END,
+       CASE WHEN a.ord <= %(take)s THEN now() + make_interval(secs => %(lease_seconds)s::float8)
+            ELSE '-infinity'::timestamptz END,
+       CASE WHEN a.ord <= %(take)s THEN 1 ELSE 0 END
+FROM unnest(
+    %(instance_ids)s::text[], %(execution_ids)s::text[], %(task_ids)s::integer[], %(names)s::text[],
+    %(versions)s::text[], %(inputs)s::text[]
+) WITH ORDINALITY AS a(instance_id, execution_id, task_id, name, version, input, ord)
+ORDER BY a.ord
+RETURNING id, lease_token, NULLIF(lease_expires, '-infinity'), instance_id, execution_id, task_id, name, input,
+          version, attempt;
 
 -- Free and expired activities, free ones first, each under a fresh random token.
 -- name: lease_activities

@@ -60,6 +60,7 @@ class Queries:
     release_instance_lease: str
     unmark_messages: str
     insert_activities: str
+    insert_activities_leasing_first: str
     lease_activities: str
     take_completed_activities: str
     deliver_activity_results: str

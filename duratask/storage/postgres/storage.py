@@ -245,6 +245,17 @@ class PostgresStorage:
         # rejected, so nothing is applied twice (the caller then sees False for a commit that held).
         return await self._write(lambda tx: ops.commit_orchestrations(tx, commits), replay_safe=True)
 
+    async def commit_orchestrations_then_lease_activities(
+        self, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
+    ) -> tuple[list[bool], list[ActivityLease]]:
+        """Both in one transaction (``storage.base.commit_then_lease_activities``); the activities
+        the commits schedule go to the caller first, and nobody is woken for those it took."""
+        # Replay-safe: the commits are fenced, and leases taken by a lost COMMIT just expire.
+        return await self._write(
+            lambda tx: ops.commit_orchestrations_then_lease_activities(tx, commits, limit, lease_seconds),
+            replay_safe=True,
+        )
+
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
         await self._write(lambda tx: ops.abandon_orchestration(tx, instance_id, token), replay_safe=True)
 
@@ -257,6 +268,23 @@ class PostgresStorage:
         if not completions:
             return []
         return await self._write(lambda tx: ops.complete_activities(tx, completions), replay_safe=True)
+
+    async def complete_activities_then_lease_orchestrations(
+        self,
+        completions: list[ActivityCompletion],
+        limit: int,
+        lease_seconds: float,
+        *,
+        exclude_id_prefix: str | None = None,
+    ) -> tuple[list[bool], list[OrchestrationLease]]:
+        """Both in one transaction (``storage.base.complete_then_lease_orchestrations``); the
+        instances the results reach go to the caller first, and nobody is woken for those it took."""
+        return await self._write(
+            lambda tx: ops.complete_activities_then_lease_orchestrations(
+                tx, completions, limit, lease_seconds, exclude_id_prefix
+            ),
+            replay_safe=True,
+        )
 
     async def abandon_activity(self, activity_id: int, token: str) -> None:
         await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token), replay_safe=True)
