@@ -73,6 +73,7 @@ async def test_migrate_produces_the_schema_and_records_its_version(pg_fresh_url:
     assert _rows(pg_fresh_url, "SELECT version, name FROM duratask_schema ORDER BY version") == [
         (1, "initial"),
         (2, "ready_messages"),
+        (3, "runner"),
     ]
     # Every time is a timestamptz.
     kinds = _rows(

@@ -179,3 +179,27 @@ async def test_a_completion_whose_instance_is_held_elsewhere_still_wakes_others(
         assert leased == []
 
     await _wakes(two, complete(), ORCHESTRATIONS)
+
+
+async def test_a_lease_takes_instances_another_process_ran_last_after_all_others(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    for instance_id in ("a", "b"):
+        await create(one, instance_id)
+    leases = await one.lease_orchestrations(10, LONG)
+    commits = [commit_of(lease, activities=[activity(lease.instance.instance_id, 0)]) for lease in leases]
+    assert await one.commit_orchestrations(commits) == [True, True]
+    held = await one.lease_activities(10, LONG)
+    assert await one.complete_activities([completion(lease) for lease in held]) == [True, True]
+    await create(two, "c")  # ready after the results, and nobody ran them yet
+    await create(two, "d")
+
+    # A lease reads twice its limit of the oldest ready messages (here all four) and takes the
+    # instances "one" ran last only for what room is left.
+    fresh = await two.lease_orchestrations(2, LONG)
+    assert sorted(lease.instance.instance_id for lease in fresh) == ["c", "d"]
+    assert sorted(lease.instance.instance_id for lease in await two.lease_orchestrations(10, LONG)) == [
+        "a",
+        "b",
+    ]

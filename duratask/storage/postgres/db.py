@@ -99,13 +99,15 @@ def _pipeline(conn: Connection) -> contextlib.AbstractAsyncContextManager[psycop
 
 
 class Tx:
-    """What a write sees: the connection inside its transaction, the hub, and the topics to notify."""
+    """What a write sees: the connection inside its transaction, the hub, the storage object's
+    origin (its leases are marked with it), and the topics to notify."""
 
-    __slots__ = ("conn", "taskhub", "topics")
+    __slots__ = ("conn", "origin", "taskhub", "topics")
 
-    def __init__(self, conn: Connection, taskhub: str) -> None:
+    def __init__(self, conn: Connection, taskhub: str, origin: str = "") -> None:
         self.conn = conn
         self.taskhub = taskhub
+        self.origin = origin
         self.topics: set[str] = set()
 
     def notify(self, *topics: str) -> None:
@@ -191,7 +193,7 @@ class Database:
         self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool], sync_before_commit: bool = False
     ) -> T:
         async with self.pool.connection() as conn, _pipeline(conn) as pipeline:
-            tx = Tx(conn, self.taskhub)
+            tx = Tx(conn, self.taskhub, self.origin)
             async with conn.transaction():
                 result = await fn(tx)
                 if tx.topics:
@@ -209,7 +211,7 @@ class Database:
 
     async def _statement_once(self, fn: Callable[[Tx], Awaitable[T]], progress: list[bool]) -> T:
         async with self.pool.connection() as conn:
-            tx = Tx(conn, self.taskhub)
+            tx = Tx(conn, self.taskhub, self.origin)
             progress.append(True)
             result = await fn(tx)
         if tx.topics:

@@ -204,6 +204,7 @@ async def lease_orchestrations(
         "lease_seconds": float(lease_seconds),
         "exclude_id_prefix": exclude_id_prefix or None,
         "preferred": preferred or [],
+        "origin": tx.origin,
     }
     query = Q.lease_orchestrations
     if id_prefix:

@@ -144,16 +144,17 @@ VALUES (%(taskhub)s, %(instance_id)s, %(visible_at)s, %(event)s);
 
 -- Messages for instances that do not exist are dropped. FOR KEY SHARE holds the instance until we
 -- commit, so a concurrent purge either ran before (message dropped) or deletes the message after.
+-- Each message carries its instance's runner (migration 0003).
 -- name: insert_messages_if_instance_exists
-INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event)
-SELECT %(taskhub)s, m.instance_id, m.visible_at, m.event
+INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event, runner)
+SELECT %(taskhub)s, m.instance_id, m.visible_at, m.event, i.runner
 FROM unnest(%(instance_ids)s::text[], %(visible_ats)s::timestamptz[], %(events)s::bytea[])
      WITH ORDINALITY AS m(instance_id, visible_at, event, ord)
-WHERE EXISTS (
-    SELECT 1 FROM duratask_instances AS i
+CROSS JOIN LATERAL (
+    SELECT i.runner FROM duratask_instances AS i
     WHERE i.taskhub = %(taskhub)s AND i.instance_id = m.instance_id
     FOR KEY SHARE
-)
+) AS i
 ORDER BY m.ord;
 
 -- name: any_visible_message
@@ -195,18 +196,20 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 -- (ready at the epoch); one already leased elsewhere is skipped like any other.
 -- name: lease_orchestrations
 WITH ready AS MATERIALIZED (
-    SELECT p.instance_id, 'epoch'::timestamptz AS ready_at
+    SELECT p.instance_id, 'epoch'::timestamptz AS ready_at, NULL::text AS runner
     FROM unnest(%(preferred)s::text[]) AS p(instance_id)
     WHERE %(exclude_id_prefix)s::text IS NULL OR NOT starts_with(p.instance_id, %(exclude_id_prefix)s::text)
     UNION ALL
-    (SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
+    (SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at, m.runner
     FROM duratask_inbox AS m
     WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
     ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s)
 ), picked AS MATERIALIZED (
-    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id ORDER BY first_ready
+    -- Instances another process ran last go after the others (migration 0003).
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
+    ORDER BY bool_and(runner IS NOT NULL AND runner <> %(origin)s::text), first_ready
 ), locked AS MATERIALIZED (
     SELECT l.row_id, l.instance_id, p.first_ready
     FROM picked AS p
@@ -230,7 +233,7 @@ WITH ready AS MATERIALIZED (
     -- random nonce and the instance id: the messages get it below without a join to this.
     UPDATE duratask_instances AS i
     SET lease_token = md5(%(nonce)s::text || i.instance_id)::uuid::text,
-        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8), runner = %(origin)s::text
     WHERE i.ctid = ANY(ARRAY(SELECT row_id FROM locked))
     RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires
 ), marked AS (
@@ -288,7 +291,7 @@ WITH ready AS MATERIALIZED (
     -- random nonce and the instance id: the messages get it below without a join to this.
     UPDATE duratask_instances AS i
     SET lease_token = md5(%(nonce)s::text || i.instance_id)::uuid::text,
-        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8), runner = %(origin)s::text
     WHERE i.ctid = ANY(ARRAY(SELECT row_id FROM locked))
     RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires
 ), marked AS (
@@ -389,18 +392,19 @@ USING unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS c(id, token)
 WHERE a.taskhub = %(taskhub)s AND a.id = c.id AND a.lease_token = c.token AND a.lease_expires > now()
 RETURNING a.id, a.lease_token, a.instance_id, a.execution_id;
 
--- A result reaches its instance only while the execution that scheduled it still runs.
+-- A result reaches its instance only while the execution that scheduled it still runs; it carries
+-- the instance's runner (migration 0003).
 -- name: deliver_activity_results
-INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event)
-SELECT %(taskhub)s, r.instance_id, now(), r.event
+INSERT INTO duratask_inbox (taskhub, instance_id, visible_at, event, runner)
+SELECT %(taskhub)s, r.instance_id, now(), r.event, i.runner
 FROM unnest(%(instance_ids)s::text[], %(execution_ids)s::text[], %(events)s::bytea[])
      WITH ORDINALITY AS r(instance_id, execution_id, event, ord)
-WHERE EXISTS (
-    SELECT 1 FROM duratask_instances AS i
+CROSS JOIN LATERAL (
+    SELECT i.runner FROM duratask_instances AS i
     WHERE i.taskhub = %(taskhub)s AND i.instance_id = r.instance_id AND i.execution_id = r.execution_id
       AND i.status <> ALL(%(terminal)s::smallint[])
     FOR KEY SHARE
-)
+) AS i
 ORDER BY r.ord
 RETURNING instance_id;
 
