@@ -8,11 +8,13 @@ Write functions that are queued together share one ``BEGIN IMMEDIATE`` ... ``COM
 each inside its own savepoint so that one raising rolls back only itself. Notifications go out
 after the commit, so a woken waiter always sees the change.
 
-One exception to the hand-off: a read or a write that needs no disk sync, called while the thread
-is idle (nothing queued, its connection lock free), runs at once on the caller's thread. Such
-calls take well under a millisecond, and a step of a lone instance then costs no thread switch
-for them; a synced commit always goes to the thread (its fsync must not stall an event loop), and
-so does everything while the thread is busy (where group commit pays).
+One exception to the hand-off: a quick call (a read of one instance, a lease, a completion: work
+of bounded, small size) that needs no disk sync, made while the thread is idle (nothing queued,
+its connection lock free), runs at once on the caller's thread. Such calls take well under a
+millisecond, and a step of a lone instance then costs no thread switch for them; a synced commit
+always goes to the thread (its fsync must not stall an event loop), and so does everything while
+the thread is busy (where group commit pays) and every call of unbounded size (purges, pages,
+histories, imports).
 """
 
 from __future__ import annotations
@@ -144,17 +146,24 @@ class SqliteRunner:
         """Return once connected and migrated; raise what connecting raised."""
         await asyncio.shield(asyncio.wrap_future(self._ready))
 
-    async def call(self, fn: Callable[[Tx], T], *, write: bool, sync: bool = True) -> T:
+    async def call(self, fn: Callable[[Tx], T], *, write: bool, sync: bool = True, quick: bool = False) -> T:
         """Run ``fn`` on the connection thread; writes run inside a transaction.
 
         ``sync=False`` marks a write that need not reach the disk before it returns (leases,
         activity results): it becomes durable with the next synced commit, which the write-ahead
         log orders after it, and losing it to a power cut only means the work is done again.
+        ``quick`` marks a call of bounded, small cost (one instance, one batch of work items): it
+        may run on the caller's thread when this one is idle (see the module's docstring).
         """
         if os.getpid() != self._pid:
             # A forked child inherits this object but not its thread: fail instead of waiting forever.
             raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
-        if not (write and sync and self._durable) and self._queue.empty() and self._conn_lock.acquire(False):
+        if (
+            quick
+            and not (write and sync and self._durable)
+            and self._queue.empty()
+            and self._conn_lock.acquire(False)
+        ):
             try:
                 ran, result = self._run_inline(fn, write)
             finally:

@@ -154,15 +154,17 @@ class SqliteStorage:
             raise
         return conn
 
-    async def _read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._runner_or_fail().call(fn, write=False)
+    # ``quick``: a call of bounded, small cost, which may run on the caller's thread (runner.py).
 
-    async def _write(self, fn: Callable[[Tx], T]) -> T:
-        return await self._runner_or_fail().call(fn, write=True)
+    async def _read(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
+        return await self._runner_or_fail().call(fn, write=False, quick=quick)
+
+    async def _write(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
+        return await self._runner_or_fail().call(fn, write=True, quick=quick)
 
     async def _write_unsynced(self, fn: Callable[[Tx], T]) -> T:
-        """A write whose loss in a power cut only repeats work: no disk sync of its own."""
-        return await self._runner_or_fail().call(fn, write=True, sync=False)
+        """A quick write whose loss in a power cut only repeats work: no disk sync of its own."""
+        return await self._runner_or_fail().call(fn, write=True, sync=False, quick=True)
 
     def _runner_or_fail(self) -> SqliteRunner:
         runner = self._runner
@@ -173,10 +175,10 @@ class SqliteStorage:
     # --- instances ----------------------------------------------------------------------------
 
     async def create_instance(self, new: NewInstance) -> None:
-        await self._write(lambda tx: ops.create_instance(tx, new))
+        await self._write(lambda tx: ops.create_instance(tx, new), quick=True)
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
-        return await self._read(lambda tx: ops.get_instance(tx, instance_id))
+        return await self._read(lambda tx: ops.get_instance(tx, instance_id), quick=True)
 
     async def query_instances(
         self, filter: InstanceFilter, limit: int, after: PageCursor | None
@@ -224,7 +226,7 @@ class SqliteStorage:
             if due > time.time_ns() // 1000:
                 return from_micros(due)
         generation = self._due_generation
-        reading = await self._read(ops.next_visible_at)
+        reading = await self._read(ops.next_visible_at, quick=True)
         if generation == self._due_generation:
             self._due = (generation, None if reading is None else to_micros(reading))
         return reading
@@ -250,14 +252,15 @@ class SqliteStorage:
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:
             return []
-        return await self._write(lambda tx: ops.commit_orchestrations(tx, commits))
+        return await self._write(lambda tx: ops.commit_orchestrations(tx, commits), quick=True)
 
     async def commit_orchestrations_then_lease_activities(
         self, commits: list[OrchestrationCommit], limit: int, lease_seconds: float
     ) -> tuple[list[bool], list[ActivityLease]]:
         """Both in one transaction (``storage.base.commit_then_lease_activities``)."""
         return await self._write(
-            lambda tx: ops.commit_orchestrations_then_lease_activities(tx, commits, limit, lease_seconds)
+            lambda tx: ops.commit_orchestrations_then_lease_activities(tx, commits, limit, lease_seconds),
+            quick=True,
         )
 
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
