@@ -377,6 +377,9 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self._pumps = []
+        # Work leased along with completions and not handed out: back to the queue now.
+        with contextlib.suppress(Exception):
+            await self.backend.release_prefetched()
         for parked in self._parked:
             await self._abandon(parked.kind, parked.item)
         self._parked.clear()
@@ -649,7 +652,11 @@ class Dispatcher:
             result = convert.orchestration_result_from_pb(response)
             validate_orchestrator_actions(result.actions, flight.scheduled)
         self._forget(token)
-        ((applied, commit),) = await self.backend.commit_episodes([(item, result)])
+        # The activities this episode schedules are leased in the same transaction, as far as
+        # workers have room: the activity pump finds them without another trip to the storage.
+        ((applied, commit),) = await self.backend.commit_episodes(
+            [(item, result)], lease_activities=self._room_for(ACTIVITY)
+        )
         if applied:
             self._keep_history(flight, commit)
         return applied
@@ -683,8 +690,20 @@ class Dispatcher:
                 )
             outcome = convert.activity_outcome_from_pb(response, utcnow())
         self._forget(token)
-        (applied,) = await self.backend.complete_activities([(item, outcome)])
+        # Likewise the orchestration step this result makes ready, for the orchestration pump.
+        (applied,) = await self.backend.complete_activities(
+            [(item, outcome)], lease_orchestrations=self._room_for(ORCHESTRATION)
+        )
         return applied
+
+    def _room_for(self, kind: Kind) -> int:
+        """How many items of ``kind`` a completion may lease along (the workers' free slots, less
+        what is parked; the backend counts what it holds already)."""
+        if self._stopping:
+            return 0
+        free = sum(s.free(kind) for s in self.streams.values())
+        parked = sum(1 for p in self._parked if p.kind == kind) if self._parked else 0
+        return max(0, min(free - parked, self.settings.lease_batch))
 
     async def complete_entity(self, result: Any) -> bool:
         """Apply a worker's ``EntityBatchResult``; ``False`` if the lease was lost meanwhile."""

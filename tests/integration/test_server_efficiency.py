@@ -305,3 +305,57 @@ def test_entity_filters_have_names_only() -> None:
 
     accepted = NameFilter.of([pb.EntityFilter(name="counter")])
     assert accepted.accepts("counter", None) and not accepted.accepts("other", None)
+
+
+async def test_a_completion_leases_the_next_step_in_its_own_transaction(tmp_path: Path) -> None:
+    """An episode's commit leases the activity it schedules, and an activity's result leases the
+    episode it makes ready: after the first lease, no step costs a lease transaction of its own."""
+    node = serve(tmp_path / "serve.db")
+    channel = grpc.aio.insecure_channel(node.address)
+    node_stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+    storage = dispatcher_of(node).backend.storage
+    try:
+        async with RawWorker(node.address) as worker:
+            await worker.connect()
+            await asyncio.sleep(0.2)  # the pumps' first, empty leases
+            counts = {
+                name: count_storage_calls(storage, name)
+                for name in (
+                    "lease_orchestrations",
+                    "lease_activities",
+                    "commit_orchestrations_then_lease_activities",
+                    "complete_activities_then_lease_orchestrations",
+                )
+            }
+            began = time.monotonic()
+            await start(node_stub, instance_id="prefetched")
+            item = await worker.next()
+            for n in range(3):
+                await node_stub.CompleteOrchestratorTask(respond(item, h.ScheduleTask(id=n, name="act")))
+                await run_activity(worker, node_stub, str(n))
+                item = await worker.next()
+            done = h.CompleteOrchestration(id=9, status=Status.COMPLETED)
+            await node_stub.CompleteOrchestratorTask(respond(item, done))
+            await asyncio.sleep(0.2)
+            polls = int(time.monotonic() - began) + 1  # a database file is also polled every second
+    finally:
+        await channel.close()
+        node.stop()
+    assert counts["commit_orchestrations_then_lease_activities"]() == 4
+    assert counts["complete_activities_then_lease_orchestrations"]() == 3
+    assert 1 <= counts["lease_orchestrations"]() <= 1 + polls  # the first episode, after the start
+    assert counts["lease_activities"]() <= polls
+
+
+def count_storage_calls(storage: Any, name: str) -> Callable[[], int]:
+    """Count calls of one storage method (the real method still runs)."""
+    real = getattr(storage, name)
+    calls = 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(*args, **kwargs)
+
+    setattr(storage, name, counted)
+    return lambda: calls
