@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
 from duratask.notify import ACTIVITIES, ORCHESTRATIONS, instance_topic
-from duratask.storage.postgres import PostgresStorage, ops
+from duratask.storage.postgres import PostgresStorage
 from tests.pgserver import unique_name
 
 from .builders import LONG, activity, commit_of, completion, create, lease_only, message, raised
@@ -51,9 +50,8 @@ async def test_a_create_in_one_process_wakes_workers_and_waiters_in_another(
 
 
 async def test_commits_completions_and_abandons_wake_other_processes(
-    pair: tuple[PostgresStorage, PostgresStorage], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[PostgresStorage, PostgresStorage],
 ) -> None:
-    monkeypatch.setattr(ops, "AFFINITY_SECONDS", 0.0)  # "two" takes over "one"'s instance at once
     one, two = pair
     await create(one, "a")
     lease = await lease_only(one)
@@ -166,9 +164,8 @@ async def test_a_completion_leases_the_instances_it_delivered_to_before_older_wo
 
 
 async def test_a_completion_whose_instance_is_held_elsewhere_still_wakes_others(
-    pair: tuple[PostgresStorage, PostgresStorage], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[PostgresStorage, PostgresStorage],
 ) -> None:
-    monkeypatch.setattr(ops, "AFFINITY_SECONDS", 0.0)  # "two" takes over "one"'s instance at once
     one, two = pair
     await create(one, "a")
     lease = await lease_only(one)
@@ -184,7 +181,7 @@ async def test_a_completion_whose_instance_is_held_elsewhere_still_wakes_others(
     await _wakes(two, complete(), ORCHESTRATIONS)
 
 
-async def test_a_lease_leaves_instances_another_process_ran_last_to_it_for_a_while(
+async def test_a_lease_takes_instances_another_process_ran_last_after_all_others(
     pair: tuple[PostgresStorage, PostgresStorage],
 ) -> None:
     one, two = pair
@@ -195,26 +192,14 @@ async def test_a_lease_leaves_instances_another_process_ran_last_to_it_for_a_whi
     assert await one.commit_orchestrations(commits) == [True, True]
     held = await one.lease_activities(10, LONG)
     assert await one.complete_activities([completion(lease) for lease in held]) == [True, True]
-    await create(two, "c")  # ready after the results, and nobody ran it yet
+    await create(two, "c")  # ready after the results, and nobody ran them yet
+    await create(two, "d")
 
-    # "one" holds the executors of "a" and "b": "two" leaves their new work to it for a while, and
-    # says when it will look again.
-    assert [lease.instance.instance_id for lease in await two.lease_orchestrations(10, LONG)] == ["c"]
-    due = await two.next_visible_at()
-    assert due is not None and 0 < (due - datetime.now(UTC)).total_seconds() <= ops.AFFINITY_SECONDS
-
-    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.05)
-    taken = await two.lease_orchestrations(10, LONG)  # "one" did not take them: "two" does
-    assert sorted(lease.instance.instance_id for lease in taken) == ["a", "b"]
-
-
-async def test_the_process_that_ran_an_instance_takes_its_new_work_at_once(
-    pair: tuple[PostgresStorage, PostgresStorage],
-) -> None:
-    one, _ = pair
-    await create(one, "a")
-    lease = await lease_only(one)
-    assert await one.commit_orchestrations([commit_of(lease, activities=[activity("a", 0)])]) == [True]
-    (held,) = await one.lease_activities(10, LONG)
-    assert await one.complete_activities([completion(held)]) == [True]
-    assert (await lease_only(one)).instance.instance_id == "a"
+    # A lease reads twice its limit of the oldest ready messages (here all four) and takes the
+    # instances "one" ran last only for what room is left.
+    fresh = await two.lease_orchestrations(2, LONG)
+    assert sorted(lease.instance.instance_id for lease in fresh) == ["c", "d"]
+    assert sorted(lease.instance.instance_id for lease in await two.lease_orchestrations(10, LONG)) == [
+        "a",
+        "b",
+    ]

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -101,17 +100,15 @@ def _pipeline(conn: Connection) -> contextlib.AbstractAsyncContextManager[psycop
 
 class Tx:
     """What a write sees: the connection inside its transaction, the hub, the storage object's
-    origin (its leases are marked with it), and the topics to notify; a lease that left work to
-    another process notes in ``held_until`` when it may take it."""
+    origin (its leases are marked with it), and the topics to notify."""
 
-    __slots__ = ("conn", "held_until", "origin", "taskhub", "topics")
+    __slots__ = ("conn", "origin", "taskhub", "topics")
 
     def __init__(self, conn: Connection, taskhub: str, origin: str = "") -> None:
         self.conn = conn
         self.taskhub = taskhub
         self.origin = origin
         self.topics: set[str] = set()
-        self.held_until: datetime | None = None
 
     def notify(self, *topics: str) -> None:
         """Wake waiters of ``topics``, in every process, once the transaction has committed."""

@@ -35,12 +35,6 @@ from .sql import Q
 #: leaser right now (skipped), so the read goes past the limit, but not much: it locks nothing.
 _SCAN_FACTOR = 2
 
-#: How long work of an instance another process ran last is left to that process (which holds the
-#: instance's executor and was woken with the work) before any lease takes it: a replay elsewhere
-#: costs more than this wait under load, and a process that stopped delays its instances by this
-#: much (plus the next wake-up: at most the one-second poll) before others take them over.
-AFFINITY_SECONDS = 0.25
-
 
 async def plan_by_index(tx: Tx) -> None:
     """Read by index for the rest of this transaction, whatever the statistics (see queries.sql)."""
@@ -211,13 +205,12 @@ async def lease_orchestrations(
         "exclude_id_prefix": exclude_id_prefix or None,
         "preferred": preferred or [],
         "origin": tx.origin,
-        "affinity_seconds": AFFINITY_SECONDS,
     }
     query = Q.lease_orchestrations
     if id_prefix:
         query = Q.lease_orchestrations_in_range
         params["id_from"], params["id_to"] = prefix_range(id_prefix)
-    leases = await _leases_from_rows(tx, await _all(tx.conn, query, params))
+    leases = await _leases_from_rows(await _all(tx.conn, query, params))
     for lease in [lease for lease in leases if not lease.new_events]:
         # Its messages were consumed between the statement's snapshot and its lock (another worker
         # leased and committed it meanwhile): nothing to deliver, so give the lease back.
@@ -226,9 +219,8 @@ async def lease_orchestrations(
     return [lease for lease in leases if lease.new_events]
 
 
-async def _leases_from_rows(tx: Tx, rows: list[tuple[Any, ...]]) -> list[OrchestrationLease]:
-    """The leases of the lease statement's kinds of rows (see queries.sql), oldest first; when work
-    held back for another process becomes due goes to ``tx.held_until``."""
+async def _leases_from_rows(rows: list[tuple[Any, ...]]) -> list[OrchestrationLease]:
+    """The leases of the lease statement's three kinds of rows (see queries.sql), oldest first."""
     leases: dict[str, OrchestrationLease] = {}
     messages: dict[str, list[tuple[int, bytes]]] = {}
     first_ready: dict[str, datetime] = {}
@@ -244,8 +236,6 @@ async def _leases_from_rows(tx: Tx, rows: list[tuple[Any, ...]]) -> list[Orchest
             )
         elif kind == "message":
             messages.setdefault(instance_id, []).append((message_id, event))
-        elif kind == "held":
-            tx.held_until = ready_at.astimezone(UTC)
         else:
             first_ready[instance_id] = ready_at
     for instance_id, lease in leases.items():

@@ -206,18 +206,10 @@ WITH ready AS MATERIALIZED (
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
     ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s)
-), candidates AS MATERIALIZED (
-    -- Instances another process ran last (migration 0003) go after the others, and only once their
-    -- work has waited %(affinity_seconds)s: until then that process, which holds their executors
-    -- and heard of the work at once, is left to take them. The caller is told when the first of
-    -- those held back becomes due (a 'held' row), and looks again then.
-    SELECT instance_id, min(ready_at) AS first_ready,
-           bool_and(runner IS NOT NULL AND runner <> %(origin)s::text)
-           AND min(ready_at) > now() - make_interval(secs => %(affinity_seconds)s::float8) AS held,
-           bool_and(runner IS NOT NULL AND runner <> %(origin)s::text) AS elsewhere
-    FROM ready GROUP BY instance_id
 ), picked AS MATERIALIZED (
-    SELECT instance_id, first_ready FROM candidates WHERE NOT held ORDER BY elsewhere, first_ready
+    -- Instances another process ran last go after the others (migration 0003).
+    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
+    ORDER BY bool_and(runner IS NOT NULL AND runner <> %(origin)s::text), first_ready
 ), locked AS MATERIALIZED (
     SELECT l.row_id, l.instance_id, p.first_ready
     FROM picked AS p
@@ -251,9 +243,8 @@ WITH ready AS MATERIALIZED (
     WHERE m.ctid = ANY(ARRAY(SELECT row_id FROM deliverable)) AND COALESCE(m.leased_until, m.visible_at) <= now()
     RETURNING m.instance_id, m.id, m.event
 )
--- Four kinds of rows, no join between them (the caller puts them together): each lease, each
--- message delivered, the order of the leases (oldest message first), and when work held back for
--- another process becomes due (no row if none was).
+-- Three kinds of rows, no join between them (the caller puts them together): each lease, each
+-- message delivered, and the order of the leases (oldest message first).
 SELECT 'lease', NULL::timestamptz, NULL::bigint, NULL::bytea, i.history_length, i.lease_token,
        i.lease_expires, {instance_columns}
 FROM taken AS i
@@ -262,11 +253,7 @@ SELECT 'message', NULL, m.id, m.event, NULL, NULL, NULL, m.instance_id, {instanc
 FROM marked AS m
 UNION ALL
 SELECT 'order', l.first_ready, NULL, NULL, NULL, NULL, NULL, l.instance_id, {instance_padding}
-FROM locked AS l
-UNION ALL
-SELECT 'held', min(c.first_ready) + make_interval(secs => %(affinity_seconds)s::float8), NULL, NULL, NULL,
-       NULL, NULL, NULL, {instance_padding}
-FROM candidates AS c WHERE c.held HAVING count(*) > 0;
+FROM locked AS l;
 
 -- The same, for the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as an index
 -- range: leasing entities, "@...", does not take orchestrations).

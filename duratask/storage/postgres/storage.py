@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 from ...errors import OrchestrationAlreadyExistsError
@@ -79,8 +79,6 @@ class PostgresStorage:
         self._shared_key: _SharedKey | None = None
         self._references = 0
         self._creates = CreateBatcher(self._create_many)
-        #: When work that a lease left to another process becomes leasable here (``_note_held``).
-        self._held_until: datetime | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStorage({describe(self.url)!r}, {self.taskhub!r})"
@@ -221,14 +219,7 @@ class PostgresStorage:
         return await self._write(lambda tx: ops.delete_idle_instances(tx, instance_ids), replay_safe=True)
 
     async def next_visible_at(self) -> datetime | None:
-        due = await self._read(lambda conn: ops.next_visible_at(conn, self.taskhub))
-        held = self._held_until
-        if held is not None:
-            if held <= datetime.now(UTC):
-                self._held_until = None  # past: the next lease takes that work or notes it again
-            elif due is None or held < due:
-                return held
-        return due
+        return await self._read(lambda conn: ops.next_visible_at(conn, self.taskhub))
 
     # --- orchestration work items -------------------------------------------------------------
 
@@ -242,12 +233,10 @@ class PostgresStorage:
     ) -> list[OrchestrationLease]:
         # Replay-safe enough: leases taken by a COMMIT whose reply was lost just expire, as if a
         # worker had died holding them.
-        async def lease(tx: Tx) -> list[OrchestrationLease]:
-            leases = await ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix)
-            self._note_held(tx)
-            return leases
-
-        return await self._write(lease, replay_safe=True)
+        return await self._write(
+            lambda tx: ops.lease_orchestrations(tx, limit, lease_seconds, id_prefix, exclude_id_prefix),
+            replay_safe=True,
+        )
 
     async def commit_orchestrations(self, commits: list[OrchestrationCommit]) -> list[bool]:
         if not commits:
@@ -290,22 +279,12 @@ class PostgresStorage:
     ) -> tuple[list[bool], list[OrchestrationLease]]:
         """Both in one transaction (``storage.base.complete_then_lease_orchestrations``); the
         instances the results reach go to the caller first, and nobody is woken for those it took."""
-        async def complete_and_lease(tx: Tx) -> tuple[list[bool], list[OrchestrationLease]]:
-            result = await ops.complete_activities_then_lease_orchestrations(
+        return await self._write(
+            lambda tx: ops.complete_activities_then_lease_orchestrations(
                 tx, completions, limit, lease_seconds, exclude_id_prefix
-            )
-            self._note_held(tx)
-            return result
-
-        return await self._write(complete_and_lease, replay_safe=True)
-
-    def _note_held(self, tx: Tx) -> None:
-        """A lease left work to the process that ran it last (ops.AFFINITY_SECONDS): make
-        ``next_visible_at`` say when it is due here, so a worker that found nothing else looks
-        again then instead of sleeping until a poll."""
-        held = tx.held_until
-        if held is not None and (self._held_until is None or held < self._held_until):
-            self._held_until = held
+            ),
+            replay_safe=True,
+        )
 
     async def abandon_activity(self, activity_id: int, token: str) -> None:
         await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token), replay_safe=True)
