@@ -106,7 +106,9 @@ async def create_instances(tx: Tx, news: list[NewInstance]) -> set[str]:
     ]
     if not candidates:
         return set()
-    rows = await _all(tx.conn, Q.insert_instances, instance_arrays(tx.taskhub, (n.record for n in candidates)))
+    rows = await _all(
+        tx.conn, Q.insert_instances, instance_arrays(tx.taskhub, (n.record for n in candidates))
+    )
     created = {instance_id for (instance_id,) in rows}
     started = [
         InboxMessage(instance_id=new.record.instance_id, event=new.started, visible_at=new.visible_at)
@@ -416,18 +418,25 @@ async def complete_activities_then_lease_orchestrations(
 ) -> tuple[list[bool], list[OrchestrationLease]]:
     """``complete_activities`` then ``lease_orchestrations(limit)``, in one transaction; the
     instances the results were delivered to are leased before any other (their next step stays in
-    this process, whose cache holds them), and if all of them were, nobody is woken."""
+    this process, whose cache holds them), unless another process ran them last (it holds them in
+    its cache: they are left to it, and it is woken), and if all of them were, nobody is woken."""
     results, delivered = await _complete_activities(tx, completions)
-    leases = await lease_orchestrations(
-        tx, limit, lease_seconds, exclude_id_prefix=exclude_id_prefix, preferred=sorted(delivered)
+    preferred = sorted(
+        instance_id for instance_id, runner in delivered.items() if runner in (None, tx.origin)
     )
-    if delivered and delivered <= {lease.instance.instance_id for lease in leases}:
+    leases = await lease_orchestrations(
+        tx, limit, lease_seconds, exclude_id_prefix=exclude_id_prefix, preferred=preferred
+    )
+    if delivered and delivered.keys() <= {lease.instance.instance_id for lease in leases}:
         tx.topics.discard(ORCHESTRATIONS)  # the only topic a completion sends
     return results, leases
 
 
-async def _complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> tuple[list[bool], set[str]]:
-    """The fence and the deliveries; returns the ids of the instances a result was delivered to."""
+async def _complete_activities(
+    tx: Tx, completions: list[ActivityCompletion]
+) -> tuple[list[bool], dict[str, str | None]]:
+    """The fence and the deliveries; returns the instances a result was delivered to, each with
+    the origin of its last lease (``runner``, migration 0003)."""
     await plan_by_index(tx)
     taken = {
         activity_id: (token, instance_id, execution_id)
@@ -465,7 +474,7 @@ async def _complete_activities(tx: Tx, completions: list[ActivityCompletion]) ->
         )
         if delivered:
             tx.notify(ORCHESTRATIONS)
-    return results, {instance_id for (instance_id,) in delivered}
+    return results, dict(delivered)
 
 
 async def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:

@@ -406,7 +406,7 @@ CROSS JOIN LATERAL (
     FOR KEY SHARE
 ) AS i
 ORDER BY r.ord
-RETURNING instance_id;
+RETURNING instance_id, runner;
 
 -- name: renew_activity_lease
 UPDATE duratask_activities SET lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
