@@ -203,3 +203,22 @@ async def test_a_lease_takes_instances_another_process_ran_last_after_all_others
         "a",
         "b",
     ]
+
+
+async def test_a_completion_leaves_an_instance_another_process_ran_to_it_and_wakes_it(
+    pair: tuple[PostgresStorage, PostgresStorage],
+) -> None:
+    one, two = pair
+    await create(one, "a")
+    lease = await lease_only(one)  # "one" runs "a"
+    assert await one.commit_orchestrations([commit_of(lease, activities=[activity("a", 0)])]) == [True]
+    (held,) = await two.lease_activities(10, LONG)  # "two" runs its activity
+    await create(one, "c")
+
+    async def complete() -> None:
+        applied, leased = await two.complete_activities_then_lease_orchestrations([completion(held)], 1, LONG)
+        assert applied == [True]
+        assert [next_.instance.instance_id for next_ in leased] == ["c"]
+
+    await _wakes(one, complete(), ORCHESTRATIONS)
+    assert (await lease_only(one)).instance.instance_id == "a"
