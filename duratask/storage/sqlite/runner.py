@@ -1,20 +1,22 @@
 """One thread that owns the SQLite connection and runs every statement, fed by a queue.
 
 Callers on any event loop hand it a function; it runs the function on its connection and resolves
-the caller's future with ``loop.call_soon_threadsafe``, so the event loop never blocks on disk and
-concurrent callers are serialized without locks.
+the caller's future with ``loop.call_soon_threadsafe``, so an event loop with other work does not
+wait on the disk, and concurrent callers are serialized without locks.
 
 Write functions that are queued together share one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync),
 each inside its own savepoint so that one raising rolls back only itself. Notifications go out
 after the commit, so a woken waiter always sees the change.
 
-One exception to the hand-off: a quick call (a read of one instance, a lease, a completion: work
-of bounded, small size) that needs no disk sync, made while the thread is idle (nothing queued,
-its connection lock free), runs at once on the caller's thread. Such calls take well under a
-millisecond, and a step of a lone instance then costs no thread switch for them; a synced commit
-always goes to the thread (its fsync must not stall an event loop), and so does everything while
-the thread is busy (where group commit pays) and every call of unbounded size (purges, pages,
-histories, imports).
+One exception to the hand-off: a quick call (a read of one instance, a lease, a completion, an
+episode's commit, a start: work of bounded, small size) made while the thread is idle (nothing
+queued, its connection lock free) runs at once on the caller's thread, the way the thread would
+have run it. A lone instance's step then costs no thread switches (a quarter less latency for
+one instance at a time); the price is that the caller's event loop waits out that commit's fsync,
+which only happens when the storage had nothing else to do. While the thread is busy everything
+queues (group commit pays there), and calls of unbounded size (purges, pages, histories, imports)
+always go to the thread. A call that would wait for another process's write lock goes to the
+thread instead of stalling the event loop.
 """
 
 from __future__ import annotations
@@ -160,12 +162,11 @@ class SqliteRunner:
             raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
         if (
             quick
-            and not (write and sync and self._durable)
             and self._queue.empty()
             and self._conn_lock.acquire(False)
         ):
             try:
-                ran, result = self._run_inline(fn, write)
+                ran, result = self._run_inline(fn, write, sync)
             finally:
                 self._conn_lock.release()
             if ran:
@@ -178,7 +179,7 @@ class SqliteRunner:
             self._queue.put(_Job(fn, write, loop, future, sync))
         return await future
 
-    def _run_inline(self, fn: Callable[[Tx], T], write: bool) -> tuple[bool, T | None]:
+    def _run_inline(self, fn: Callable[[Tx], T], write: bool, sync: bool) -> tuple[bool, T | None]:
         """Run ``fn`` on the caller's thread (the connection lock held); ``(False, None)`` when it
         must be queued after all: closed or closing, or another process holds the write lock
         (waiting for it here would block the caller's event loop)."""
@@ -188,7 +189,7 @@ class SqliteRunner:
         tx = Tx(conn, self._taskhub)
         if not write:
             return True, fn(tx)
-        self._set_synced(conn, False)
+        self._set_synced(conn, sync)
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -225,6 +226,8 @@ class SqliteRunner:
             self._stopped.set_result(None)
             return
         self._conn = conn
+        if self._watch_interval is not None:
+            self._watch_other_processes(conn)  # the baseline: commits from now on wake waiters
         self._ready.set_result(None)
         try:
             self._serve(conn)
