@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from durabletask.client import AsyncTaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from bench.driver import Params
+from bench.driver import Params, WorkloadError
 from bench.systems.durabletask_system import (
     DurableTaskDriver,
     echo_number,
@@ -25,6 +25,8 @@ from bench.systems.durabletask_system import (
     say_hello,
 )
 from bench.systems.grpc_path import CpuMeter, free_port, server_process
+
+WORKER_START_TIMEOUT_S = 60.0
 
 
 def _quiet_logger(name: str) -> logging.Logger:
@@ -53,13 +55,27 @@ class OfficialSdkDriver(DurableTaskDriver):
     def extra_metrics(self) -> dict[str, float]:
         return self._meter.metrics()
 
+    async def run_one(self) -> None:
+        """One chain, not counted: to know that the worker takes work."""
+        await self.result(await super().start_chain())
+
 
 @asynccontextmanager
 async def open_official_driver(
-    params: Params, server_command: Callable[[int], list[str]]
+    params: Params, server_command: Callable[[int], list[str]], *, worker_apart: bool = False
 ) -> AsyncIterator[OfficialSdkDriver]:
+    """The client here; the worker here too, or with ``worker_apart`` in a process of its own
+    (``grpc_official_worker``), whose CPU counts as the SDK's."""
     port = free_port()
     async with server_process(server_command(port), port) as server:
+        if worker_apart:
+            async with (
+                _worker_process(server.address) as pid,
+                _client_driver(params, CpuMeter(server, worker_pids=(pid,))) as driver,
+            ):
+                await driver.run_one()  # the worker is connected: work starts at once
+                yield driver
+            return
         meter = CpuMeter(server)
         worker = TaskHubGrpcWorker(host_address=server.address, logger=_quiet_logger("durabletask-worker"))
         for orchestrator in (hello_cities, fan_out_sum):
@@ -68,11 +84,44 @@ async def open_official_driver(
             worker.add_activity(activity)
         worker.start()
         try:
-            client = AsyncTaskHubGrpcClient(
-                host_address=server.address, logger=_quiet_logger("durabletask-client")
-            )
-            async with client:
-                yield OfficialSdkDriver(client, params.timeout, meter)
+            async with _client_driver(params, meter) as driver:
+                yield driver
         finally:
             # stop() joins the worker's threads; keep the event loop free while it does.
             await asyncio.to_thread(worker.stop)
+
+
+@asynccontextmanager
+async def _client_driver(params: Params, meter: CpuMeter) -> AsyncIterator[OfficialSdkDriver]:
+    client = AsyncTaskHubGrpcClient(
+        host_address=meter.server.address, logger=_quiet_logger("durabletask-client")
+    )
+    async with client:
+        yield OfficialSdkDriver(client, params.timeout, meter)
+
+
+@asynccontextmanager
+async def _worker_process(address: str) -> AsyncIterator[int]:
+    """``grpc_official_worker`` in a subprocess until the block ends (its standard input closes)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.systems.grpc_official_worker",
+        address,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), WORKER_START_TIMEOUT_S)
+        if line.strip() != b"READY":
+            raise WorkloadError(f"the worker process did not start (exit code {process.returncode})")
+        yield process.pid
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10.0)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

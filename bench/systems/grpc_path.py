@@ -55,26 +55,53 @@ class ServerProcess:
 
 @dataclass
 class CpuMeter:
-    """CPU of the server and of this process per instance started, from construction on."""
+    """CPU of the server and of the SDK per instance started, from construction on.
+
+    The SDK is this process (client, and worker unless it runs apart) plus ``worker_pids``, the
+    processes of a worker that runs apart (reported also on their own). Besides, the share of one
+    core each used while the workload ran (from the first instance started to the report), which
+    says whether a process was saturated: ``*_cores`` (1.0 = one core all the time)."""
 
     server: ServerProcess
+    worker_pids: tuple[int, ...] = ()
     instances: int = 0
     _server_start: float = field(init=False)
     _own_start: float = field(init=False)
+    _workers_start: float = field(init=False)
+    _first: tuple[float, float, float, float] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._server_start = self.server.cpu_s()
         self._own_start = time.process_time()
+        self._workers_start = self._workers_cpu_s()
+
+    def _workers_cpu_s(self) -> float:
+        return sum(process_cpu_s(pid) for pid in self.worker_pids)
+
+    def _readings(self) -> tuple[float, float, float, float]:
+        return time.monotonic(), self.server.cpu_s(), time.process_time(), self._workers_cpu_s()
 
     def count_instance(self) -> None:
+        if self._first is None:
+            self._first = self._readings()
         self.instances += 1
 
     def metrics(self) -> dict[str, float]:
         per = max(self.instances, 1)
-        return {
-            "server_cpu_ms_per_instance": (self.server.cpu_s() - self._server_start) * 1000.0 / per,
-            "sdk_cpu_ms_per_instance": (time.process_time() - self._own_start) * 1000.0 / per,
+        now, server, own, workers = self._readings()
+        figures = {
+            "server_cpu_ms_per_instance": (server - self._server_start) * 1000.0 / per,
+            "sdk_cpu_ms_per_instance": (own - self._own_start + workers - self._workers_start) * 1000.0 / per,
         }
+        if self.worker_pids:
+            figures["worker_cpu_ms_per_instance"] = (workers - self._workers_start) * 1000.0 / per
+        if self._first is not None and now > self._first[0]:
+            wall = now - self._first[0]
+            figures["server_cores"] = (server - self._first[1]) / wall
+            figures["sdk_cores"] = (own - self._first[2] + workers - self._first[3]) / wall
+            if self.worker_pids:
+                figures["worker_cores"] = (workers - self._first[3]) / wall
+        return figures
 
 
 async def _wait_listening(process: asyncio.subprocess.Process, port: int) -> None:

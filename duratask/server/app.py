@@ -35,6 +35,9 @@ from .work_items import Dispatcher
 
 log = logging.getLogger("duratask.server")
 
+#: Calls gRPC holds for the server before it cancels more (its own default is about 1,000).
+MAX_PENDING_REQUESTS = 20_000
+
 
 @dataclass
 class RunningServer:
@@ -115,6 +118,11 @@ def _grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ("grpc.http2.max_ping_strikes", 0),
+        # gRPC cancels calls that arrive while about 1,000 wait to be picked up (CANCELLED, before
+        # they reach a handler): a client that starts 2,000 instances at once got some of those.
+        # A burst of that size is ordinary for a scheduler; the bound stays, higher.
+        ("grpc.server.max_pending_requests", MAX_PENDING_REQUESTS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_REQUESTS),
         *settings.extra_grpc_options,
     ]
 

@@ -3,6 +3,7 @@ unsupported RPCs, and a clean stop on SIGTERM that hands unfinished work back.""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import signal
 import socket
@@ -340,3 +341,24 @@ def test_serve_defaults_follow_the_spec() -> None:
     assert tuple(params["taskhubs"].default) == ("default",)
     assert params["auth_token"].default is None
     assert params["dashboard_port"].default is None
+
+
+async def test_a_burst_of_thousands_of_calls_is_served_not_cancelled(tmp_path: Path) -> None:
+    """gRPC cancels calls beyond about 1,000 waiting for the server unless told otherwise: a client
+    starting 2,500 instances at once over one channel got CANCELLED for some of them."""
+    node = ServerThread(storage=f"sqlite:///{tmp_path / 'burst.db'}")
+    channel = grpc.aio.insecure_channel(node.address)
+    stub = pb_grpc.TaskHubSidecarServiceStub(channel)
+    try:
+        answers = await asyncio.gather(
+            *(
+                stub.StartInstance(pb.CreateInstanceRequest(name="o", instanceId=f"b{i}"))
+                for i in range(2500)
+            ),
+            return_exceptions=True,
+        )
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        assert not failed, f"{len(failed)} calls failed, e.g. {failed[0]!r}"
+    finally:
+        await channel.close()
+        node.stop()
