@@ -170,6 +170,7 @@ class SqliteRunner:
             finally:
                 self._conn_lock.release()
             if ran:
+                await asyncio.sleep(0)  # still a suspension point, as callers of ``await`` expect
                 return result  # type: ignore[return-value]  # ran: fn's own result
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
