@@ -65,6 +65,19 @@ SYSTEMS: dict[str, SystemInfo] = {
             PEER_WORKLOADS,
             "official durabletask SDK (worker + client) -> its in-memory backend (durabletask.testing), own process",
         ),
+        # The same two with the official worker in a process of its own (client here), as deployed.
+        SystemInfo(
+            "grpc-official-duratask-split",
+            "bench.systems.grpc_official_duratask_split",
+            PEER_WORKLOADS,
+            "official durabletask SDK, worker in its own process, client here -> `duratask serve` (durable)",
+        ),
+        SystemInfo(
+            "grpc-official-inmemory-split",
+            "bench.systems.grpc_official_inmemory_split",
+            PEER_WORKLOADS,
+            "official durabletask SDK, worker in its own process, client here -> its in-memory backend",
+        ),
         SystemInfo(
             "grpc-duratask-sdk",
             "bench.systems.grpc_duratask_sdk",
