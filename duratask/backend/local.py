@@ -398,6 +398,8 @@ class LocalBackend:
                     history_length=lease.history_length,
                 )
             )
+        if items:
+            self._ensure_renewer()
         if settle:
             await self.storage.commit_orchestrations(settle)
         return items
@@ -578,6 +580,7 @@ class LocalBackend:
         self._note_fullness("orchestration", len(leases), room)
         if leases:
             self._prefetched_orchestrations.extend(leases)
+            self._ensure_renewer()
             self._wake("orchestration")
         return applied
 
@@ -603,13 +606,19 @@ class LocalBackend:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
-        """Keep activity leases alive while this process works on them; a dead process stops renewing."""
-        while self._activity_leases:
+        """Keep the leases of work this process holds alive (activities that run long, episodes that
+        wait for a busy worker or a long replay, prefetched work); a dead process stops renewing."""
+        while self._activity_leases or self._orchestration_leases or self._prefetched_orchestrations:
             await asyncio.sleep(self.options.lease_seconds / 3)
+            seconds = self.options.lease_seconds
             for token, activity_id in list(self._activity_leases.items()):
-                ok = await self.storage.renew_activity_lease(activity_id, token, self.options.lease_seconds)
-                if not ok:
+                if not await self.storage.renew_activity_lease(activity_id, token, seconds):
                     self._activity_leases.pop(token, None)
+            for token, lease in list(self._orchestration_leases.items()):
+                if not await self.storage.renew_orchestration_lease(lease.instance.instance_id, token, seconds):
+                    self._orchestration_leases.pop(token, None)  # its commit is fenced out anyway
+            for lease in list(self._prefetched_orchestrations):
+                await self.storage.renew_orchestration_lease(lease.instance.instance_id, lease.token, seconds)
 
     # --- restart and rewind (used by the gRPC server's RestartInstance / RewindInstance) ----------
 

@@ -274,6 +274,9 @@ class Storage(Protocol):
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
         """Release a lease without changes; its messages are delivered again."""
 
+    async def renew_orchestration_lease(self, instance_id: str, token: str, lease_seconds: float) -> bool:
+        """Extend a live lease to ``lease_seconds`` from now; ``False`` if it is no longer held."""
+
     # --- activity work items ----------------------------------------------------------------
 
     async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]: ...

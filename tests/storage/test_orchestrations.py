@@ -354,3 +354,24 @@ async def test_continue_as_new_event_round_trips(storage: Storage) -> None:
     event = ContinueAsNew(timestamp=utcnow(), input='"x"')
     assert await storage.commit_orchestrations([commit_of(lease, history=[event])]) == [True]
     assert await storage.get_history("a") == [event]
+
+
+async def test_a_renewed_lease_outlives_its_first_expiry_and_a_lost_one_is_not_renewed(storage: Storage) -> None:
+    await create(storage, "a")
+    (lease,) = await storage.lease_orchestrations(10, 1.0)
+    assert await storage.renew_orchestration_lease("a", "not-the-token", 30) is False
+    assert await storage.renew_orchestration_lease("a", lease.token, 30) is True
+
+    await asyncio.sleep(1.2)  # past the first expiry: the renewal holds it
+    assert await storage.lease_orchestrations(10, 30) == []
+    assert await storage.commit_orchestrations([commit_of(lease)]) == [True]
+    assert await storage.renew_orchestration_lease("a", lease.token, 30) is False  # released by the commit
+
+
+async def test_an_expired_lease_cannot_be_renewed(storage: Storage) -> None:
+    await create(storage, "a")
+    (lease,) = await storage.lease_orchestrations(10, 0.2)
+    await asyncio.sleep(0.4)
+    assert await storage.renew_orchestration_lease("a", lease.token, 30) is False
+    (again,) = await storage.lease_orchestrations(10, 30)  # free for anyone, with its messages
+    assert again.token != lease.token and again.new_events == lease.new_events

@@ -83,3 +83,25 @@ async def test_release_hands_prefetched_work_back_at_once(
 
     assert [item.name for item in await other.lease_activities(10)] == ["a"]
     assert await mine.lease_activities(10) == []
+
+
+async def test_an_episode_held_past_lease_seconds_keeps_its_lease(tmp_path: Path) -> None:
+    """The backend renews the orchestration leases it holds (an official worker may sit on a work
+    item for a while; a replay may be long), so nobody else runs the episode meanwhile."""
+    backends = []
+    for _ in range(2):
+        storage = SqliteStorage(str(tmp_path / "renew.db"))
+        await storage.open()
+        backends.append(LocalBackend(storage, BackendOptions(lease_seconds=0.6)))
+    mine, other = backends
+    try:
+        await mine.start_orchestration("flow", "i1", None)
+        (item,) = await mine.lease_orchestrations(10)
+
+        await asyncio.sleep(1.5)  # two and a half lease lengths
+
+        assert await other.lease_orchestrations(10) == []
+        assert await mine.complete_orchestrations([(item, OrchestrationResult(actions=[]))]) == [True]
+    finally:
+        for backend in backends:
+            await backend.close()

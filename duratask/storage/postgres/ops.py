@@ -483,6 +483,17 @@ async def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:
         tx.notify(ACTIVITIES)
 
 
+async def renew_orchestration_lease(tx: Tx, instance_id: str, token: str, lease_seconds: float) -> bool:
+    params = {
+        "taskhub": tx.taskhub,
+        "instance_id": instance_id,
+        "token": token,
+        "lease_seconds": float(lease_seconds),
+    }
+    ((renewed, _marked),) = await _all(tx.conn, Q.renew_instance_lease, params)
+    return bool(renewed)
+
+
 async def renew_activity_lease(tx: Tx, activity_id: int, token: str, lease_seconds: float) -> bool:
     params = {"taskhub": tx.taskhub, "id": activity_id, "token": token, "lease_seconds": float(lease_seconds)}
     return bool(await _all(tx.conn, Q.renew_activity_lease, params))

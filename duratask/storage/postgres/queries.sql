@@ -408,6 +408,22 @@ CROSS JOIN LATERAL (
 ORDER BY r.ord
 RETURNING instance_id, runner;
 
+-- The instance's lease and the delivered messages' copy of its expiry (what leasing looks at).
+-- name: renew_instance_lease
+WITH renewed AS (
+    UPDATE duratask_instances
+    SET lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
+    WHERE taskhub = %(taskhub)s AND instance_id = %(instance_id)s AND lease_token = %(token)s
+      AND lease_expires > now()
+    RETURNING lease_expires
+), marked AS (
+    UPDATE duratask_inbox AS m SET leased_until = r.lease_expires
+    FROM renewed AS r
+    WHERE m.taskhub = %(taskhub)s AND m.instance_id = %(instance_id)s AND m.lease_token = %(token)s
+    RETURNING m.id
+)
+SELECT (SELECT count(*) FROM renewed) AS renewed, (SELECT count(*) FROM marked) AS marked;
+
 -- name: renew_activity_lease
 UPDATE duratask_activities SET lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8)
 WHERE taskhub = %(taskhub)s AND id = %(id)s AND lease_token = %(token)s AND lease_expires > now()

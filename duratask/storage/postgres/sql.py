@@ -57,6 +57,7 @@ class Queries:
     lease_orchestrations_in_range: str
     lock_live_leases: str
     consume_messages: str
+    renew_instance_lease: str
     release_instance_lease: str
     unmark_messages: str
     insert_activities: str

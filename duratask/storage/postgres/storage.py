@@ -289,6 +289,11 @@ class PostgresStorage:
     async def abandon_activity(self, activity_id: int, token: str) -> None:
         await self._write(lambda tx: ops.abandon_activity(tx, activity_id, token), replay_safe=True)
 
+    async def renew_orchestration_lease(self, instance_id: str, token: str, lease_seconds: float) -> bool:
+        return await self._write_statement(
+            lambda tx: ops.renew_orchestration_lease(tx, instance_id, token, lease_seconds)
+        )
+
     async def renew_activity_lease(self, activity_id: int, token: str, lease_seconds: float) -> bool:
         return await self._write_statement(
             lambda tx: ops.renew_activity_lease(tx, activity_id, token, lease_seconds)

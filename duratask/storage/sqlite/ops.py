@@ -352,6 +352,17 @@ def _any_visible_messages(tx: Tx, instance_ids_json: str) -> bool:
     return bool(tx.conn.execute(Q.any_visible_messages, params).fetchone()[0])
 
 
+def renew_orchestration_lease(tx: Tx, instance_id: str, token: str, lease_seconds: float) -> bool:
+    params = {
+        "taskhub": tx.taskhub,
+        "instance_id": instance_id,
+        "token": token,
+        "now": tx.now,
+        "expires": tx.now + seconds_to_micros(lease_seconds),
+    }
+    return bool(tx.conn.execute(Q.renew_instance_lease, params).rowcount)
+
+
 def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
     params = {"taskhub": tx.taskhub, "instance_id": instance_id, "token": token}
     if tx.conn.execute(Q.release_instance_lease, params).rowcount:

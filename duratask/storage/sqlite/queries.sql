@@ -164,6 +164,10 @@ WHERE taskhub = :taskhub AND instance_id IN (SELECT value FROM json_each(:instan
 -- name: consume_messages
 DELETE FROM inbox WHERE taskhub = :taskhub AND instance_id = :instance_id AND lease_token = :token;
 
+-- name: renew_instance_lease
+UPDATE instances SET lease_expires = :expires
+WHERE taskhub = :taskhub AND instance_id = :instance_id AND lease_token = :token AND lease_expires > :now;
+
 -- name: release_instance_lease
 UPDATE instances SET lease_token = NULL, lease_expires = 0
 WHERE taskhub = :taskhub AND instance_id = :instance_id AND lease_token = :token;

@@ -54,6 +54,7 @@ class Queries:
     leased_messages: str
     instance_leases: str
     consume_messages: str
+    renew_instance_lease: str
     release_instance_lease: str
     unmark_messages: str
     insert_activity: str

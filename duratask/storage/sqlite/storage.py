@@ -266,6 +266,11 @@ class SqliteStorage:
     async def abandon_orchestration(self, instance_id: str, token: str) -> None:
         await self._write_unsynced(lambda tx: ops.abandon_orchestration(tx, instance_id, token))
 
+    async def renew_orchestration_lease(self, instance_id: str, token: str, lease_seconds: float) -> bool:
+        return await self._write_unsynced(
+            lambda tx: ops.renew_orchestration_lease(tx, instance_id, token, lease_seconds)
+        )
+
     # --- activity work items ------------------------------------------------------------------
 
     async def lease_activities(self, limit: int, lease_seconds: float) -> list[ActivityLease]:
