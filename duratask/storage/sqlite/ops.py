@@ -353,14 +353,19 @@ def _any_visible_messages(tx: Tx, instance_ids_json: str) -> bool:
 
 
 def renew_orchestration_lease(tx: Tx, instance_id: str, token: str, lease_seconds: float) -> bool:
-    params = {
+    params = _renewal(tx, token, lease_seconds, instance_id=instance_id)
+    return bool(tx.conn.execute(Q.renew_instance_lease, params).rowcount)
+
+
+def _renewal(tx: Tx, token: str, lease_seconds: float, **key: object) -> dict[str, object]:
+    """Parameters of a lease renewal: the lease (``key`` and ``token``), now, the new expiry."""
+    return {
         "taskhub": tx.taskhub,
-        "instance_id": instance_id,
         "token": token,
         "now": tx.now,
         "expires": tx.now + seconds_to_micros(lease_seconds),
+        **key,
     }
-    return bool(tx.conn.execute(Q.renew_instance_lease, params).rowcount)
 
 
 def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:
@@ -439,11 +444,5 @@ def abandon_activity(tx: Tx, activity_id: int, token: str) -> None:
 
 
 def renew_activity_lease(tx: Tx, activity_id: int, token: str, lease_seconds: float) -> bool:
-    params = {
-        "taskhub": tx.taskhub,
-        "id": activity_id,
-        "token": token,
-        "now": tx.now,
-        "expires": tx.now + seconds_to_micros(lease_seconds),
-    }
+    params = _renewal(tx, token, lease_seconds, id=activity_id)
     return bool(tx.conn.execute(Q.renew_activity_lease, params).rowcount)
