@@ -18,6 +18,7 @@ _SCHEMA_TABLE_EXISTS = (
     "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'duratask_schema')"
 )
 
+#: How long a connection waits for another's lock (another process's write) before giving up.
 BUSY_TIMEOUT_MS = 30_000
 
 

@@ -28,14 +28,12 @@ from . import ops, purge, transfer
 from .migrations import load_migrations, migrate
 from .rows import from_micros, to_micros
 from .runner import SqliteRunner, Tx
-from .schema import check_version
+from .schema import BUSY_TIMEOUT_MS, check_version
 
 T = TypeVar("T")
 
 MEMORY = ":memory:"
 
-#: How long a writer waits for another process's write transaction before giving up.
-BUSY_TIMEOUT_MS = 30_000
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: How often a file database checks for commits by other processes to wake this process's waiters.
 WATCH_INTERVAL = 0.01
@@ -133,7 +131,11 @@ class SqliteStorage:
         its lock, to a caller that finds it idle: ``SqliteRunner.call``)."""
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, cached_statements=256, check_same_thread=False
+                self.path,
+                isolation_level=None,
+                cached_statements=256,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,  # already for the first touch, as for everything after
             )
             conn.execute("PRAGMA schema_version")  # connect() is lazy: touch the file now
         except sqlite3.OperationalError as exc:
