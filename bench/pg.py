@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -255,3 +256,38 @@ def _children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             children += [int(child) for child in (task / "children").read_text().split()]
     return children
+
+
+class CpuPerInstance:
+    """Mixed in before a driver whose workflows run in this process (the in-process duratask
+    worker, DBOS): counts the instances it starts and reports CPU per instance of this process
+    ("client") and of the PostgreSQL server. Call ``_count_cpu_from(database)`` in ``__init__``."""
+
+    def _count_cpu_from(self, database: Database) -> None:
+        self._server_pid = database.server_pid
+        self._fsync = database.settings.get("fsync") == "on"
+        self._instances = 0
+        self._start = self._cpu_now()
+
+    def _cpu_now(self) -> dict[str, float]:
+        now = {"client": time.process_time()}
+        if self._server_pid is not None:
+            now["server"] = server_cpu_s(self._server_pid)
+        return now
+
+    async def start_chain(self) -> object:
+        self._instances += 1
+        started: object = await super().start_chain()  # type: ignore[misc]  # the driver mixed with
+        return started
+
+    async def start_fanout(self, n: int) -> object:
+        self._instances += 1
+        started: object = await super().start_fanout(n)  # type: ignore[misc]  # the driver mixed with
+        return started
+
+    def extra_metrics(self) -> dict[str, float]:
+        now, per = self._cpu_now(), max(self._instances, 1)
+        metrics = {
+            f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now
+        }
+        return {**metrics, "pg_fsync_on": float(self._fsync)}

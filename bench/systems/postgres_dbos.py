@@ -8,46 +8,22 @@ the driver reports the CPU of this process and of the PostgreSQL server per inst
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from dbos import DBOS, DBOSConfig
 
 from bench.driver import Params, SystemUnavailable
-from bench.pg import Database, PostgresUnavailable, fresh_database, server_cpu_s
+from bench.pg import CpuPerInstance, Database, PostgresUnavailable, fresh_database
 from bench.systems.dbos_system import DbosDriver
 
 
-class PostgresDbosDriver(DbosDriver):
+class PostgresDbosDriver(CpuPerInstance, DbosDriver):
+    """DBOS runs the workflows and steps in this process: its CPU is the "client" figure."""
+
     def __init__(self, timeout: float, database: Database) -> None:
         super().__init__(timeout)
-        self._server_pid = database.server_pid
-        self._fsync = database.settings.get("fsync") == "on"
-        self._instances = 0
-        self._start = self._cpu_now()
-
-    def _cpu_now(self) -> dict[str, float]:
-        now = {"client": time.process_time()}
-        if self._server_pid is not None:
-            now["server"] = server_cpu_s(self._server_pid)
-        return now
-
-    async def start_chain(self) -> object:
-        self._instances += 1
-        return await super().start_chain()
-
-    async def start_fanout(self, n: int) -> object:
-        self._instances += 1
-        return await super().start_fanout(n)
-
-    def extra_metrics(self) -> dict[str, float]:
-        now, per = self._cpu_now(), max(self._instances, 1)
-        # "client" is this whole process: DBOS runs the workflows and steps here too.
-        metrics = {
-            f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now
-        }
-        return {**metrics, "pg_fsync_on": float(self._fsync)}
+        self._count_cpu_from(database)
 
 
 @asynccontextmanager

@@ -7,49 +7,24 @@ runs its workflows in the process that starts them: client and worker share one 
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from bench.driver import Params, SystemUnavailable
-from bench.pg import Database, PostgresUnavailable, fresh_database, server_cpu_s
+from bench.pg import CpuPerInstance, Database, PostgresUnavailable, fresh_database
 from bench.systems.duratask_system import DurataskDriver, _build_worker
 
 if TYPE_CHECKING:
     from duratask import DurableTaskClient
 
 
-class InProcessDriver(DurataskDriver):
+class InProcessDriver(CpuPerInstance, DurataskDriver):
     """Counts instances for CPU figures: of this process (client and worker) and of the server."""
 
     def __init__(self, client: DurableTaskClient, timeout: float, database: Database) -> None:
         super().__init__(client, timeout)
-        self._server_pid = database.server_pid
-        self._fsync = database.settings.get("fsync") == "on"
-        self._instances = 0
-        self._start = self._cpu_now()
-
-    def _cpu_now(self) -> dict[str, float]:
-        now = {"client": time.process_time()}
-        if self._server_pid is not None:
-            now["server"] = server_cpu_s(self._server_pid)
-        return now
-
-    async def start_chain(self) -> object:
-        self._instances += 1
-        return await super().start_chain()
-
-    async def start_fanout(self, n: int) -> object:
-        self._instances += 1
-        return await super().start_fanout(n)
-
-    def extra_metrics(self) -> dict[str, float]:
-        now, per = self._cpu_now(), max(self._instances, 1)
-        metrics = {
-            f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now
-        }
-        return {**metrics, "pg_fsync_on": float(self._fsync)}
+        self._count_cpu_from(database)
 
 
 @asynccontextmanager

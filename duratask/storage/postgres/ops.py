@@ -208,11 +208,8 @@ async def lease_orchestrations(
         "preferred": preferred or [],
         "origin": tx.origin,
     }
-    query = Q.lease_orchestrations
-    if id_prefix:
-        query = Q.lease_orchestrations_in_range
-        params["id_from"], params["id_to"] = prefix_range(id_prefix)
-    leases = await _leases_from_rows(await _all(tx.conn, query, params))
+    params["id_from"], params["id_to"] = prefix_range(id_prefix) if id_prefix else (None, None)
+    leases = await _leases_from_rows(await _all(tx.conn, Q.lease_orchestrations, params))
     for lease in [lease for lease in leases if not lease.new_events]:
         # Its messages were consumed between the statement's snapshot and its lock (another worker
         # leased and committed it meanwhile): nothing to deliver, so give the lease back.

@@ -191,6 +191,8 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 -- The caller runs this with sequential and bitmap scans off (see ops.PLAN_BY_INDEX): whatever the
 -- statistics say (a fresh database has none), the backlog is read through the ordered index.
 -- NO KEY UPDATE does not conflict with the KEY SHARE of a writer adding a message meanwhile.
+-- With %(id_from)s only the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as a
+-- range: leasing entities, "@...", does not take orchestrations).
 -- %(preferred)s: instances to take before all others (the caller just delivered them a message in
 -- this transaction: its next step stays in the process that ran the last one). They rank first
 -- (ready at the epoch); one already leased elsewhere is skipped like any other.
@@ -198,76 +200,20 @@ SELECT min(visible_at) FROM duratask_inbox WHERE taskhub = %(taskhub)s AND visib
 WITH ready AS MATERIALIZED (
     SELECT p.instance_id, 'epoch'::timestamptz AS ready_at, NULL::text AS runner
     FROM unnest(%(preferred)s::text[]) AS p(instance_id)
-    WHERE %(exclude_id_prefix)s::text IS NULL OR NOT starts_with(p.instance_id, %(exclude_id_prefix)s::text)
+    WHERE (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(p.instance_id, %(exclude_id_prefix)s::text))
+      AND (%(id_from)s::text IS NULL OR (p.instance_id >= %(id_from)s::text AND p.instance_id < %(id_to)s::text))
     UNION ALL
     (SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at, m.runner
     FROM duratask_inbox AS m
     WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
       AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
+      AND (%(id_from)s::text IS NULL OR (m.instance_id >= %(id_from)s::text AND m.instance_id < %(id_to)s::text))
     ORDER BY COALESCE(m.leased_until, m.visible_at)
     LIMIT %(scan_limit)s)
 ), picked AS MATERIALIZED (
     -- Instances another process ran last go after the others (migration 0003).
     SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id
     ORDER BY bool_and(runner IS NOT NULL AND runner <> %(origin)s::text), first_ready
-), locked AS MATERIALIZED (
-    SELECT l.row_id, l.instance_id, p.first_ready
-    FROM picked AS p
-    CROSS JOIN LATERAL (
-        SELECT i.ctid AS row_id, i.instance_id FROM duratask_instances AS i
-        WHERE i.taskhub = %(taskhub)s AND i.instance_id = p.instance_id AND i.lease_expires <= now()
-        FOR NO KEY UPDATE SKIP LOCKED
-    ) AS l
-    LIMIT %(limit)s
-), deliverable AS MATERIALIZED (
-    SELECT d.row_id
-    FROM locked AS l
-    CROSS JOIN LATERAL (
-        SELECT m.ctid AS row_id FROM duratask_inbox AS m
-        WHERE m.taskhub = %(taskhub)s AND m.instance_id = l.instance_id
-          AND COALESCE(m.leased_until, m.visible_at) <= now()
-        OFFSET 0
-    ) AS d
-), taken AS (
-    -- By the row versions just locked (a TID scan). A lease's token is a hash of this statement's
-    -- random nonce and the instance id: the messages get it below without a join to this.
-    UPDATE duratask_instances AS i
-    SET lease_token = md5(%(nonce)s::text || i.instance_id)::uuid::text,
-        lease_expires = now() + make_interval(secs => %(lease_seconds)s::float8), runner = %(origin)s::text
-    WHERE i.ctid = ANY(ARRAY(SELECT row_id FROM locked))
-    RETURNING {instance_columns}, i.history_length, i.lease_token, i.lease_expires
-), marked AS (
-    UPDATE duratask_inbox AS m
-    SET lease_token = md5(%(nonce)s::text || m.instance_id)::uuid::text,
-        leased_until = now() + make_interval(secs => %(lease_seconds)s::float8)
-    WHERE m.ctid = ANY(ARRAY(SELECT row_id FROM deliverable)) AND COALESCE(m.leased_until, m.visible_at) <= now()
-    RETURNING m.instance_id, m.id, m.event
-)
--- Three kinds of rows, no join between them (the caller puts them together): each lease, each
--- message delivered, and the order of the leases (oldest message first).
-SELECT 'lease', NULL::timestamptz, NULL::bigint, NULL::bytea, i.history_length, i.lease_token,
-       i.lease_expires, {instance_columns}
-FROM taken AS i
-UNION ALL
-SELECT 'message', NULL, m.id, m.event, NULL, NULL, NULL, m.instance_id, {instance_padding}
-FROM marked AS m
-UNION ALL
-SELECT 'order', l.first_ready, NULL, NULL, NULL, NULL, NULL, l.instance_id, {instance_padding}
-FROM locked AS l;
-
--- The same, for the instances whose id is in [%(id_from)s, %(id_to)s) (an id prefix as an index
--- range: leasing entities, "@...", does not take orchestrations).
--- name: lease_orchestrations_in_range
-WITH ready AS MATERIALIZED (
-    SELECT m.instance_id, COALESCE(m.leased_until, m.visible_at) AS ready_at
-    FROM duratask_inbox AS m
-    WHERE m.taskhub = %(taskhub)s AND COALESCE(m.leased_until, m.visible_at) <= now()
-      AND m.instance_id >= %(id_from)s::text AND m.instance_id < %(id_to)s::text
-      AND (%(exclude_id_prefix)s::text IS NULL OR NOT starts_with(m.instance_id, %(exclude_id_prefix)s::text))
-    ORDER BY COALESCE(m.leased_until, m.visible_at)
-    LIMIT %(scan_limit)s
-), picked AS MATERIALIZED (
-    SELECT instance_id, min(ready_at) AS first_ready FROM ready GROUP BY instance_id ORDER BY first_ready
 ), locked AS MATERIALIZED (
     SELECT l.row_id, l.instance_id, p.first_ready
     FROM picked AS p

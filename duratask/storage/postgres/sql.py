@@ -54,7 +54,6 @@ class Queries:
     any_visible_message: str
     next_visible_at: str
     lease_orchestrations: str
-    lease_orchestrations_in_range: str
     lock_live_leases: str
     consume_messages: str
     renew_instance_lease: str
