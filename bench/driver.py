@@ -73,3 +73,34 @@ class Driver(Protocol):
     async def wait_started(self, handle: object) -> None:
         """Return once the instance has run its first episode and is waiting."""
         ...
+
+
+class InstanceMeter(Protocol):
+    """Figures per instance started (CPU of the processes involved), from its creation on."""
+
+    def count_instance(self) -> None: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+class Metered:
+    """Mixed in before a system's driver: every instance it starts is counted on ``self.meter``,
+    whose figures ``extra_metrics`` reports along with the driver's own ``more_metrics()``."""
+
+    meter: InstanceMeter
+
+    async def start_chain(self) -> object:
+        self.meter.count_instance()
+        started: object = await super().start_chain()  # type: ignore[misc]  # the driver mixed with
+        return started
+
+    async def start_fanout(self, n: int) -> object:
+        self.meter.count_instance()
+        started: object = await super().start_fanout(n)  # type: ignore[misc]  # the driver mixed with
+        return started
+
+    def more_metrics(self) -> dict[str, float]:
+        return {}
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {**self.meter.metrics(), **self.more_metrics()}

@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -258,36 +258,30 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-class CpuPerInstance:
-    """Mixed in before a driver whose workflows run in this process (the in-process duratask
-    worker, DBOS): counts the instances it starts and reports CPU per instance of this process
-    ("client") and of the PostgreSQL server. Call ``_count_cpu_from(database)`` in ``__init__``."""
+@dataclass
+class CpuMeter:
+    """CPU per instance started, from construction on: of this process ("client"), of the worker
+    processes (when there are any) and of the PostgreSQL server (postmaster and backends)."""
 
-    def _count_cpu_from(self, database: Database) -> None:
-        self._server_pid = database.server_pid
-        self._fsync = database.settings.get("fsync") == "on"
-        self._instances = 0
-        self._start = self._cpu_now()
+    worker_pids: list[int]
+    server_pid: int | None
+    instances: int = 0
+    _start: dict[str, float] = field(init=False)
 
-    def _cpu_now(self) -> dict[str, float]:
+    def __post_init__(self) -> None:
+        self._start = self._now()
+
+    def _now(self) -> dict[str, float]:
         now = {"client": time.process_time()}
-        if self._server_pid is not None:
-            now["server"] = server_cpu_s(self._server_pid)
+        if self.worker_pids:
+            now["worker"] = sum(process_cpu_s(pid) for pid in self.worker_pids)
+        if self.server_pid is not None:
+            now["server"] = server_cpu_s(self.server_pid)
         return now
 
-    async def start_chain(self) -> object:
-        self._instances += 1
-        started: object = await super().start_chain()  # type: ignore[misc]  # the driver mixed with
-        return started
+    def count_instance(self) -> None:
+        self.instances += 1
 
-    async def start_fanout(self, n: int) -> object:
-        self._instances += 1
-        started: object = await super().start_fanout(n)  # type: ignore[misc]  # the driver mixed with
-        return started
-
-    def extra_metrics(self) -> dict[str, float]:
-        now, per = self._cpu_now(), max(self._instances, 1)
-        metrics = {
-            f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now
-        }
-        return {**metrics, "pg_fsync_on": float(self._fsync)}
+    def metrics(self) -> dict[str, float]:
+        now, per = self._now(), max(self.instances, 1)
+        return {f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now}

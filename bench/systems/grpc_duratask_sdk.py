@@ -10,28 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bench.driver import Params, SystemUnavailable
+from bench.driver import Metered, Params, SystemUnavailable
 from bench.systems.duratask_system import DurataskDriver, _build_worker
 from bench.systems.grpc_path import CpuMeter, duratask_serve_command, free_port, server_process
 
 
-class EndpointDriver(DurataskDriver):
+class EndpointDriver(Metered, DurataskDriver):
     """The embedded system's driver, counting instances for the CPU figures."""
 
     def __init__(self, client: object, timeout: float, meter: CpuMeter) -> None:
         super().__init__(client, timeout)  # type: ignore[arg-type]
-        self._meter = meter
-
-    async def start_chain(self) -> object:
-        self._meter.count_instance()
-        return await super().start_chain()
-
-    async def start_fanout(self, n: int) -> object:
-        self._meter.count_instance()
-        return await super().start_fanout(n)
-
-    def extra_metrics(self) -> dict[str, float]:
-        return self._meter.metrics()
+        self.meter = meter
 
 
 @asynccontextmanager

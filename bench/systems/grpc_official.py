@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from durabletask.client import AsyncTaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
-from bench.driver import Params, WorkloadError
+from bench.driver import Metered, Params, WorkloadError
 from bench.systems.durabletask_system import (
     DurableTaskDriver,
     echo_number,
@@ -37,27 +37,16 @@ def _quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
-class OfficialSdkDriver(DurableTaskDriver):
+class OfficialSdkDriver(Metered, DurableTaskDriver):
     """The durabletask system's driver, counting instances for the CPU figures."""
 
     def __init__(self, client: AsyncTaskHubGrpcClient, timeout: float, meter: CpuMeter) -> None:
         super().__init__(client, timeout)
-        self._meter = meter
-
-    async def start_chain(self) -> object:
-        self._meter.count_instance()
-        return await super().start_chain()
-
-    async def start_fanout(self, n: int) -> object:
-        self._meter.count_instance()
-        return await super().start_fanout(n)
-
-    def extra_metrics(self) -> dict[str, float]:
-        return self._meter.metrics()
+        self.meter = meter
 
     async def run_one(self) -> None:
         """One chain, not counted: to know that the worker takes work."""
-        await self.result(await super().start_chain())
+        await self.result(await DurableTaskDriver.start_chain(self))
 
 
 @asynccontextmanager

@@ -11,7 +11,6 @@ and worker), counted from the moment the server is up, warm-up instances include
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import time
@@ -21,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.driver import WorkloadError
+from bench.pg import process_cpu_s
 
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 15.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -33,13 +32,6 @@ def free_port() -> int:
         port: int = probe.getsockname()[1]
         return port
 
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads), from /proc (Linux only)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the command name (which may hold spaces) start at field 3; utime, stime are 14, 15.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 @dataclass

@@ -13,17 +13,21 @@ from contextlib import asynccontextmanager
 
 from dbos import DBOS, DBOSConfig
 
-from bench.driver import Params, SystemUnavailable
-from bench.pg import CpuPerInstance, Database, PostgresUnavailable, fresh_database
+from bench.driver import Metered, Params, SystemUnavailable
+from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
 from bench.systems.dbos_system import DbosDriver
 
 
-class PostgresDbosDriver(CpuPerInstance, DbosDriver):
+class PostgresDbosDriver(Metered, DbosDriver):
     """DBOS runs the workflows and steps in this process: its CPU is the "client" figure."""
 
     def __init__(self, timeout: float, database: Database) -> None:
         super().__init__(timeout)
-        self._count_cpu_from(database)
+        self.meter = CpuMeter([], database.server_pid)
+        self._fsync = database.settings.get("fsync") == "on"
+
+    def more_metrics(self) -> dict[str, float]:
+        return {"pg_fsync_on": float(self._fsync)}
 
 
 @asynccontextmanager

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bench.driver import Params, SystemUnavailable, WorkloadError
-from bench.pg import Database, PostgresUnavailable, fresh_database, process_cpu_s, server_cpu_s
+from bench.driver import Metered, Params, SystemUnavailable, WorkloadError
+from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
 from bench.systems.duratask_system import DurataskDriver
 
 if TYPE_CHECKING:
@@ -30,53 +28,19 @@ WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 30.0
 
 
-@dataclass
-class CpuMeter:
-    """CPU of the worker processes, this process and the server, per instance, from construction on."""
-
-    worker_pids: list[int]
-    server_pid: int | None
-    instances: int = 0
-    _start: dict[str, float] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._start = self._now()
-
-    def _now(self) -> dict[str, float]:
-        now = {
-            "worker": sum(process_cpu_s(pid) for pid in self.worker_pids),
-            "client": time.process_time(),
-        }
-        if self.server_pid is not None:
-            now["server"] = server_cpu_s(self.server_pid)
-        return now
-
-    def metrics(self) -> dict[str, float]:
-        now, per = self._now(), max(self.instances, 1)
-        return {f"{part}_cpu_ms_per_instance": (now[part] - self._start[part]) * 1000.0 / per for part in now}
-
-
-class PostgresDurataskDriver(DurataskDriver):
+class PostgresDurataskDriver(Metered, DurataskDriver):
     """The embedded system's driver (client calls only), counting instances for the CPU figures."""
 
     def __init__(
         self, client: DurableTaskClient, timeout: float, meter: CpuMeter, database: Database
     ) -> None:
         super().__init__(client, timeout)
-        self._meter = meter
+        self.meter = meter
+        self._workers = len(meter.worker_pids)
         self._fsync = database.settings.get("fsync") == "on"
 
-    async def start_chain(self) -> object:
-        self._meter.instances += 1
-        return await super().start_chain()
-
-    async def start_fanout(self, n: int) -> object:
-        self._meter.instances += 1
-        return await super().start_fanout(n)
-
-    def extra_metrics(self) -> dict[str, float]:
-        return {**self._meter.metrics(), "worker_processes": float(len(self._meter.worker_pids)),
-                "pg_fsync_on": float(self._fsync)}  # fmt: skip
+    def more_metrics(self) -> dict[str, float]:
+        return {"worker_processes": float(self._workers), "pg_fsync_on": float(self._fsync)}
 
 
 async def _wait_ready(process: asyncio.subprocess.Process) -> None:

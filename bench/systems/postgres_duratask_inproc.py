@@ -11,20 +11,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from bench.driver import Params, SystemUnavailable
-from bench.pg import CpuPerInstance, Database, PostgresUnavailable, fresh_database
+from bench.driver import Metered, Params, SystemUnavailable
+from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
 from bench.systems.duratask_system import DurataskDriver, _build_worker
 
 if TYPE_CHECKING:
     from duratask import DurableTaskClient
 
 
-class InProcessDriver(CpuPerInstance, DurataskDriver):
+class InProcessDriver(Metered, DurataskDriver):
     """Counts instances for CPU figures: of this process (client and worker) and of the server."""
 
     def __init__(self, client: DurableTaskClient, timeout: float, database: Database) -> None:
         super().__init__(client, timeout)
-        self._count_cpu_from(database)
+        self.meter = CpuMeter([], database.server_pid)
+        self._fsync = database.settings.get("fsync") == "on"
+
+    def more_metrics(self) -> dict[str, float]:
+        return {"pg_fsync_on": float(self._fsync)}
 
 
 @asynccontextmanager
