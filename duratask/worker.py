@@ -206,8 +206,7 @@ class Worker:
         await self._completions.join()
         completer.cancel()
         await asyncio.gather(completer, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await backend.release_prefetched()
+        await backend.release_prefetched()  # best effort per item (the leases expire anyway)
         self._tasks = []
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
