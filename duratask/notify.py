@@ -21,11 +21,16 @@ class Notifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        #: The topics of each registered future: unregistering touches those alone (a server
+        #: with thousands of waiting clients must not scan every topic per wake-up).
+        self._topics_of: dict[asyncio.Future[None], tuple[str, ...]] = {}
 
     def notify(self, *topics: str) -> None:
-        """Wake every waiter of each topic."""
+        """Wake every waiter of each topic (each is unregistered from all its topics)."""
         with self._lock:
-            woken = [fut for topic in topics for fut in self._waiters.pop(topic, ())]
+            woken = {fut for topic in topics for fut in self._waiters.pop(topic, ())}
+            for fut in woken:
+                self._discard(fut)
         for fut in woken:
             loop = fut.get_loop()
             if loop.is_closed():
@@ -44,6 +49,7 @@ class Notifier:
         with self._lock:
             for topic in topics:
                 self._waiters[topic].add(fut)
+            self._topics_of[fut] = topics
         return fut
 
     async def wait(self, fut: asyncio.Future[None], timeout: float | None) -> bool:
@@ -70,10 +76,16 @@ class Notifier:
             self.unregister(fut)
 
     def unregister(self, fut: asyncio.Future[None]) -> None:
+        """Stop listening (a no-op for a future already woken or unregistered)."""
         with self._lock:
-            for topic in [t for t, waiters in self._waiters.items() if fut in waiters]:
-                self._waiters[topic].discard(fut)
-                if not self._waiters[topic]:
+            self._discard(fut)
+
+    def _discard(self, fut: asyncio.Future[None]) -> None:
+        for topic in self._topics_of.pop(fut, ()):
+            waiters = self._waiters.get(topic)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
                     del self._waiters[topic]
 
 
