@@ -1,9 +1,9 @@
 """A throw-away PostgreSQL server for the benchmarks, with durable settings unless told otherwise.
 
-The server runs from a local PostgreSQL installation (Debian's `postgresql-15` puts its binaries in
-/usr/lib/postgresql/15/bin; `BENCH_PG_BIN` names another directory), in a temporary directory, on
-a free port of 127.0.0.1, trusting local connections. PostgreSQL refuses to run as root: as root,
-the server runs as the `postgres` user (else `nobody`).
+The server is the tests' launcher (tests/pgcluster.py): a local PostgreSQL installation (Debian's
+`postgresql-15` puts its binaries in /usr/lib/postgresql/15/bin; `BENCH_PG_BIN` names another
+directory), a temporary directory, a free port of 127.0.0.1, local connections trusted; as root,
+the server runs as the `postgres` user (else `nobody`), since PostgreSQL refuses to run as root.
 
 Durability: `fsync=on`, `synchronous_commit=on` and `full_page_writes=on` (PostgreSQL's defaults)
 unless `fsync=False`, which turns the first two off and is labelled as such in every report: a
@@ -20,11 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +28,16 @@ from pathlib import Path
 
 import psycopg
 
+# The throw-away server launcher the tests use too.
+from tests.pgcluster import (
+    PostgresCluster,
+    PostgresUnavailable,  # noqa: F401  (the bench drivers take it from here)
+    create_database,
+    find_bin_dir,
+)
+
 SUPERUSER = "bench"
+BIN_VARIABLE = "BENCH_PG_BIN"
 URL_VARIABLE = "BENCH_POSTGRES_URL"
 PID_VARIABLE = "BENCH_POSTGRES_PID"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -62,102 +66,16 @@ REPORTED_SETTINGS = (
 )
 
 
-class PostgresUnavailable(RuntimeError):
-    """No PostgreSQL server binaries here, or no user to run them as."""
-
-
-def find_bin_dir() -> Path:
-    """The directory of `initdb`, `pg_ctl` and `postgres`; prefers version 15."""
-    explicit = os.environ.get("BENCH_PG_BIN")
-    if explicit:
-        candidates = [Path(explicit)]
-    else:
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name != "15")
-        on_path = shutil.which("initdb")
-        candidates = found + ([Path(on_path).parent] if on_path else [])
-    for bin_dir in candidates:
-        if all((bin_dir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
-            return bin_dir
-    raise PostgresUnavailable(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; install them "
-        "(`apt-get install -y postgresql`) or set BENCH_PG_BIN to their directory"
-    )
-
-
-def _server_user() -> pwd.struct_passwd | None:
-    """Whom to run the server as: ourselves, unless we are root."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise PostgresUnavailable("running as root, and neither user 'postgres' nor 'nobody' exists")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class PostgresServer:
-    """One cluster in a temporary directory: `start()` it, `destroy()` it."""
+class PostgresServer(PostgresCluster):
+    """The benchmarks' cluster (tests/pgcluster.py), durable unless `fsync=False`; `start()` it,
+    `destroy()` it."""
 
     def __init__(self, *, fsync: bool = True, extra_settings: dict[str, str] | None = None) -> None:
         self.fsync = fsync
-        self.extra_settings = extra_settings or {}
-        self.bin_dir = find_bin_dir()
-        self.user = _server_user()
-        self.base = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        self.data_dir = self.base / "data"
-        self.log_file = self.base / "server.log"
-        self.port = _free_port()
-        if self.user is not None:
-            os.chown(self.base, self.user.pw_uid, self.user.pw_gid)
-
-    def _run(self, tool: str, *args: str) -> None:
-        user = self.user
-        done = subprocess.run(
-            [str(self.bin_dir / tool), *args],
-            cwd=self.base,  # the server's user may not be allowed into our working directory
-            user=user.pw_uid if user else None,
-            group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
-            env={**os.environ, "HOME": str(self.base), "LC_ALL": "C"},
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        settings = {**BASE_SETTINGS, **(DURABLE_SETTINGS if fsync else UNSAFE_SETTINGS), **(extra_settings or {})}
+        super().__init__(
+            superuser=SUPERUSER, settings=settings, bin_dir=find_bin_dir(BIN_VARIABLE), prefix="bench-pg-"
         )
-        if done.returncode != 0:
-            log = self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout}\n{done.stderr}\n{log}")
-
-    def settings(self) -> dict[str, str]:
-        return {
-            **BASE_SETTINGS,
-            **(DURABLE_SETTINGS if self.fsync else UNSAFE_SETTINGS),
-            **self.extra_settings,
-        }
-
-    def start(self) -> None:
-        self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                  "--locale=C", "--no-sync")  # fmt: skip
-        options = [f"-p {self.port}", f"-k {self.base}"] + [f"-c {k}={v}" for k, v in self.settings().items()]
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", " ".join(options),
-                  "-w", "-t", "120", "start")  # fmt: skip
-
-    def destroy(self) -> None:
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
-
-    def postmaster_pid(self) -> int:
-        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
 
     def environment(self) -> dict[str, str]:
         """What child processes need to use this server (see `fresh_database`)."""
@@ -168,23 +86,12 @@ class PostgresServer:
 def running_server(
     *, fsync: bool = True, extra_settings: dict[str, str] | None = None
 ) -> Iterator[PostgresServer]:
-    server = PostgresServer(fsync=fsync, extra_settings=extra_settings)
+    server = PostgresServer(fsync=fsync, extra_settings=extra_settings)  # initdb; cleans up if it fails
     try:
         server.start()
         yield server
     finally:
         server.destroy()
-
-
-def with_database(url: str, database: str) -> str:
-    """`url` (of any database on a server) pointed at `database` instead."""
-    return url.rsplit("/", 1)[0] + "/" + database
-
-
-def create_database(maintenance_url: str, name: str) -> str:
-    with psycopg.connect(maintenance_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    return with_database(maintenance_url, name)
 
 
 def drop_database(maintenance_url: str, name: str) -> None:
