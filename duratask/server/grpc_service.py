@@ -27,6 +27,7 @@ import msgspec
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
+from .. import history as h
 from ..backend.local import LocalBackend
 from ..errors import OrchestrationNotFoundError
 from ..models import TERMINAL_STATUSES, OrchestrationQuery
@@ -199,7 +200,25 @@ class TaskHubService:
         return response
 
     async def StreamInstanceHistory(self, request: Any, context: Any, hub: Hub) -> AsyncIterator[Any]:
-        history = await hub.backend.get_history(request.instanceId)
+        instance_id, wanted = request.instanceId, request.executionId.value
+        history = await hub.backend.get_history(instance_id)  # NOT_FOUND for an unknown instance
+        if wanted:
+            # Only the current execution's history is kept. Its ExecutionStarted, read with the events,
+            # names that execution (no ContinueAsNew can slip between the two); before its first
+            # episode the history is empty and the instance row names it.
+            started = next((e for e in history if isinstance(e, h.ExecutionStarted)), None)
+            if started is not None:
+                current = started.execution_id
+            else:
+                record = await hub.backend.storage.get_instance(instance_id)
+                if record is None:  # purged since its history was read
+                    raise OrchestrationNotFoundError(instance_id)
+                current = record.execution_id
+            if wanted != current:
+                raise not_found(
+                    f"orchestration instance {instance_id!r} has no execution {wanted!r} "
+                    f"(its current execution is {current!r}; only the current one's history is kept)"
+                )
         size = self.settings.history_chunk_events
         for start in range(0, max(len(history), 1), size):
             chunk = history[start : start + size]

@@ -57,9 +57,12 @@ async def state_of(stub: Any, instance_id: str) -> Any:
     return convert.metadata_from_pb(response.orchestrationState)
 
 
-async def history_of(stub: Any, instance_id: str) -> list[h.HistoryEvent]:
+async def history_of(stub: Any, instance_id: str, execution_id: str | None = None) -> list[h.HistoryEvent]:
+    request = pb.StreamInstanceHistoryRequest(instanceId=instance_id)
+    if execution_id is not None:
+        request.executionId.value = execution_id
     events: list[h.HistoryEvent] = []
-    async for chunk in stub.StreamInstanceHistory(pb.StreamInstanceHistoryRequest(instanceId=instance_id)):
+    async for chunk in stub.StreamInstanceHistory(request):
         events += [convert.event_from_pb(e) for e in chunk.events]
     return events
 
@@ -154,6 +157,52 @@ async def test_zero_scheduled_start_means_now(server: ServerThread, stub: Any) -
         await worker.connect()
         item = await worker.next(timeout=3)
         assert item.orchestratorRequest.instanceId == "epoch"
+
+
+# --- histories by execution ------------------------------------------------------------------
+
+
+async def test_history_of_an_unknown_instance_is_not_found(server: ServerThread, stub: Any) -> None:
+    await expect_status(history_of(stub, "nobody"), grpc.StatusCode.NOT_FOUND, "'nobody'")
+    await expect_status(history_of(stub, "nobody", "e-1"), grpc.StatusCode.NOT_FOUND, "'nobody'")
+
+
+async def test_history_by_execution_id_is_the_current_execution_only(server: ServerThread, stub: Any) -> None:
+    instance_id = await start(stub, input="0")
+    async with RawWorker(server.address) as worker:
+        await worker.connect()
+        item = await worker.next()
+        first = item.orchestratorRequest.executionId.value
+        # Before the first episode commits: no events yet, but the execution is known.
+        assert await history_of(stub, instance_id, first) == [] == await history_of(stub, instance_id)
+        await expect_status(
+            history_of(stub, instance_id, "not-an-execution"), grpc.StatusCode.NOT_FOUND,
+            f"'{instance_id}'", "'not-an-execution'",
+        )  # fmt: skip
+        await stub.CompleteOrchestratorTask(respond(item, h.ScheduleTask(id=0, name="act")))
+        current = await history_of(stub, instance_id)
+        assert [type(e).__name__ for e in current] == ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled"]
+        assert await history_of(stub, instance_id, "") == current  # an empty id: the current execution
+        assert await history_of(stub, instance_id, first) == current
+
+        await stub.CompleteActivityTask(activity_done(await worker.next(), "1"))
+        item = await worker.next()
+        restart = h.CompleteOrchestration(id=1, status=Status.CONTINUED_AS_NEW, result='"again"')
+        await stub.CompleteOrchestratorTask(respond(item, restart))
+        item = await worker.next()
+        second = item.orchestratorRequest.executionId.value
+        assert second and second != first
+        # The first execution's history is gone with it; the new one is current, not yet started.
+        await expect_status(
+            history_of(stub, instance_id, first), grpc.StatusCode.NOT_FOUND, f"'{instance_id}'", f"'{first}'"
+        )
+        assert await history_of(stub, instance_id, second) == []
+        await stub.CompleteOrchestratorTask(respond(item, complete(0)))
+        ended = await history_of(stub, instance_id, second)
+        assert ended == await history_of(stub, instance_id)
+        started = next(e for e in ended if isinstance(e, h.ExecutionStarted))
+        assert started.execution_id == second and started.input == '"again"'
+        await expect_status(history_of(stub, instance_id, first), grpc.StatusCode.NOT_FOUND, f"'{first}'")
 
 
 # --- tokens ------------------------------------------------------------------------------------
