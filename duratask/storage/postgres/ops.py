@@ -25,6 +25,7 @@ from ..base import (
     PageCursor,
     prefix_range,
 )
+from ..rows import activity_lease
 from .db import Connection, Tx
 from .filters import TERMINAL_STATUS_VALUES, select_instances, select_purgeable_ids
 from .rows import instance_arrays, instance_from_row, utc
@@ -363,23 +364,10 @@ async def _insert_activities(
 
 
 def _activity_lease(row: tuple[Any, ...]) -> ActivityLease:
-    """An ``ActivityLease`` of a row (id, token, expiry, instance, execution, task id, name, input,
-    version, attempt)."""
-    activity_id, token, expires_at, instance_id, execution_id, task_id, name, input_, version, attempt = row
-    return ActivityLease(
-        activity_id=activity_id,
-        token=token,
-        expires_at=expires_at.astimezone(UTC),
-        task=ActivityTask(
-            instance_id=instance_id,
-            execution_id=execution_id,
-            task_id=task_id,
-            name=name,
-            input=input_,
-            version=version,
-        ),
-        attempt=attempt,
-    )
+    """An ``ActivityLease`` of a row: id, token, expiry, then the columns ``activity_lease`` reads after
+    the token."""
+    activity_id, token, expires_at, *task_and_attempt = row
+    return activity_lease((activity_id, token, *task_and_attempt), expires_at.astimezone(UTC))
 
 
 async def abandon_orchestration(tx: Tx, instance_id: str, token: str) -> None:

@@ -24,6 +24,7 @@ from ..base import (
     PageCursor,
     prefix_range,
 )
+from ..rows import activity_lease
 from .paging import query_page
 from .rows import from_micros, instance_from_row, instance_params, seconds_to_micros, to_micros
 from .runner import Tx
@@ -385,23 +386,7 @@ def lease_activities(tx: Tx, limit: int, lease_seconds: float) -> list[ActivityL
     params = {"taskhub": tx.taskhub, "now": tx.now, "limit": limit, "expires": expires}
     rows = sorted(tx.conn.execute(Q.lease_activities, params).fetchall())
     expires_at = from_micros(expires)
-    return [
-        ActivityLease(
-            activity_id=activity_id,
-            token=token,
-            expires_at=expires_at,
-            task=ActivityTask(
-                instance_id=instance_id,
-                execution_id=execution_id,
-                task_id=task_id,
-                name=name,
-                input=input_,
-                version=version,
-            ),
-            attempt=attempt,
-        )
-        for activity_id, token, instance_id, execution_id, task_id, name, input_, version, attempt in rows
-    ]
+    return [activity_lease(row, expires_at) for row in rows]
 
 
 def complete_activities(tx: Tx, completions: list[ActivityCompletion]) -> list[bool]:
