@@ -102,13 +102,15 @@ class Tx:
     """What a write sees: the connection inside its transaction, the hub, the storage object's
     origin (its leases are marked with it), and the topics to notify."""
 
-    __slots__ = ("conn", "origin", "taskhub", "topics")
+    __slots__ = ("conn", "origin", "planned_by_index", "taskhub", "topics")
 
     def __init__(self, conn: Connection, taskhub: str, origin: str = "") -> None:
         self.conn = conn
         self.taskhub = taskhub
         self.origin = origin
         self.topics: set[str] = set()
+        #: The planner settings of ``ops.plan_by_index`` are in force (they last the transaction).
+        self.planned_by_index = False
 
     def notify(self, *topics: str) -> None:
         """Wake waiters of ``topics``, in every process, once the transaction has committed."""

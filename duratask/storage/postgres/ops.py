@@ -38,8 +38,11 @@ _SCAN_FACTOR = 2
 
 
 async def plan_by_index(tx: Tx) -> None:
-    """Read by index for the rest of this transaction, whatever the statistics (see queries.sql)."""
-    await tx.conn.execute(Q.plan_by_index)
+    """Read by index for the rest of this transaction, whatever the statistics (see queries.sql).
+    Once per transaction: a commit that leases the next step along would otherwise say it twice."""
+    if not tx.planned_by_index:
+        tx.planned_by_index = True
+        await tx.conn.execute(Q.plan_by_index)
 
 
 async def _all(conn: Connection, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
