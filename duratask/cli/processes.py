@@ -228,11 +228,20 @@ def dashboard(
     connection: Connection = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="HTTP port.")] = 8082,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(
+            "--auth-token",
+            help="Require TOKEN on every request: the password of HTTP Basic credentials, or 'Authorization: Bearer TOKEN'.",
+        ),
+    ] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the web dashboard for any connection string."""
     resolved = resolve(connection)
     parse(resolved)
     _configure_logging(log_level)
-    # Positional, as the server calls it too: run_dashboard(connection_string, host, port).
-    _call_entry_point("duratask.dashboard.app", "run_dashboard", "duratask dashboard", resolved, host, port)
+    # Positional, as the server calls it too: run_dashboard(connection_string, host, port, auth_token).
+    _call_entry_point(
+        "duratask.dashboard.app", "run_dashboard", "duratask dashboard", resolved, host, port, auth_token
+    )

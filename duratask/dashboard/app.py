@@ -10,7 +10,10 @@ cancelling the task is how it stops (gracefully: open requests finish, the clien
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hmac
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..client import DurableTaskClient
 from ..connection import parse
 from .api import DashboardApi
-from .errors import http_exception_answer
+from .errors import error_response, http_exception_answer
 
 log = logging.getLogger("duratask.dashboard")
 
@@ -69,15 +72,60 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class TokenGate:
+    """ASGI middleware: every HTTP request must carry ``token``, as the password of HTTP Basic
+    credentials (what a browser prompts for; any user name) or as ``Authorization: Bearer TOKEN``
+    (scripts). Otherwise 401 with a Basic challenge, so that a browser asks for it.
+
+    ``duratask serve --auth-token`` guards its dashboard with the same token as its gRPC port: the
+    dashboard can terminate and purge, so it must not be the open door beside a locked one."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        if not token:
+            raise ValueError("the dashboard's token must not be empty")
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._admits(scope):
+            await self.app(scope, receive, send)
+            return
+        answer = error_response(
+            401,
+            "UnauthenticatedError",
+            "this dashboard needs its token: as the password of HTTP Basic credentials (any user "
+            "name) or as 'Authorization: Bearer TOKEN'",
+            headers={"WWW-Authenticate": 'Basic realm="duratask dashboard", charset="UTF-8"'},
+        )
+        await answer(scope, receive, send)
+
+    def _admits(self, scope: Scope) -> bool:
+        given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+        scheme, _, credentials = given.partition(b" ")
+        scheme = scheme.lower()
+        if scheme == b"bearer":
+            return hmac.compare_digest(credentials.strip(), self._token)
+        if scheme == b"basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(decoded.partition(b":")[2], self._token)
+        return False
+
+
 async def _index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
-def create_app(connection_string: str, *, client: DurableTaskClient | None = None) -> Starlette:
+def create_app(
+    connection_string: str, *, client: DurableTaskClient | None = None, auth_token: str | None = None
+) -> Starlette:
     """The dashboard for ``connection_string`` (any form of SPEC §1).
 
     The client opens when the app starts (its lifespan) and closes when it stops; pass an already
-    opened ``client`` to share one, which the app then leaves open.
+    opened ``client`` to share one, which the app then leaves open. With ``auth_token`` every
+    request must carry it (``TokenGate``).
     """
     parse(connection_string)  # a malformed string fails here, not on the first request
     owned = client is None
@@ -102,7 +150,9 @@ def create_app(connection_string: str, *, client: DurableTaskClient | None = Non
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_exception_answer}
     )
-    app.add_middleware(SecurityHeaders)
+    if auth_token:  # as for the server's gRPC port, an empty token guards nothing
+        app.add_middleware(TokenGate, token=auth_token)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so a 401 carries the headers too
     return app
 
 
@@ -142,8 +192,9 @@ async def serve_app(app: ASGIApp, sock: socket.socket) -> None:
         raise
 
 
-async def run_dashboard(connection_string: str, host: str, port: int) -> None:
-    """Serve the dashboard for ``connection_string`` on ``http://host:port/`` until cancelled.
+async def run_dashboard(connection_string: str, host: str, port: int, auth_token: str | None = None) -> None:
+    """Serve the dashboard for ``connection_string`` on ``http://host:port/`` until cancelled; with
+    ``auth_token``, only to requests that carry it.
 
     The connection opens first, so that a storage or scheduler that cannot be used fails here with
     its own error rather than on the first page load.
@@ -154,6 +205,6 @@ async def run_dashboard(connection_string: str, host: str, port: int) -> None:
         sock = bind(host, port)
         where = f"[{host}]" if ":" in host else host
         log.info("duratask dashboard: http://%s:%d/", where, sock.getsockname()[1])
-        await serve_app(create_app(connection_string, client=client), sock)
+        await serve_app(create_app(connection_string, client=client, auth_token=auth_token), sock)
     finally:
         await client.close()

@@ -202,13 +202,14 @@ async def _serve_until_signalled(settings: ServerSettings, dashboard_port: int |
 
 
 async def _start_dashboard(settings: ServerSettings, port: int | None) -> asyncio.Task[None] | None:
-    """The dashboard on ``port`` over the same storage (the first task hub), until cancelled."""
+    """The dashboard on ``port`` over the same storage (the first task hub), until cancelled;
+    behind the server's ``--auth-token`` too."""
     if port is None:
         return None
     from ..dashboard import run_dashboard
 
     connection = storage_for_hub(settings.storage, settings.taskhubs[0])
     task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-        run_dashboard(connection, settings.host, port), name="duratask-dashboard"
+        run_dashboard(connection, settings.host, port, settings.auth_token), name="duratask-dashboard"
     )
     return task
