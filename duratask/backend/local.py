@@ -60,6 +60,10 @@ log = logging.getLogger("duratask.backend")
 T = TypeVar("T")
 
 MAX_INSTANCE_ID_LENGTH = 256
+#: The longest safety-net poll of a client waiting on an instance when the storage relays every
+#: process's commits (SQLite's ``data_version`` watch, PostgreSQL's LISTEN): a notification lost
+#: to a bug would delay a waiter by this much at most.
+WATCHED_POLL_CAP_SECONDS = 8.0
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
@@ -242,9 +246,12 @@ class LocalBackend:
     ) -> OrchestrationMetadata | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         # A storage that wakes waiters for other processes' commits too needs polling only as a
-        # safety net; any other may miss another process finishing the instance.
+        # safety net, and a slow one: a server with 2,000 clients waiting would otherwise read
+        # 2,000 instances a second for nothing. Any other may miss another process finishing the
+        # instance, and polls from 10 ms up.
         watched = getattr(self.storage, "watches_other_processes", False)
         poll = self.options.max_poll_seconds if watched else 0.01
+        longest_poll = max(WATCHED_POLL_CAP_SECONDS, poll) if watched else self.options.max_poll_seconds
         topic = instance_topic(instance_id)
         while True:
             woke = self.storage.notifier.register(topic)
@@ -259,7 +266,7 @@ class LocalBackend:
             wait = remaining
             if self.storage.shared_across_processes:  # another process may finish it: poll too
                 wait = poll if wait is None else min(wait, poll)
-                poll = min(poll * 2, self.options.max_poll_seconds)
+                poll = min(poll * 2, longest_poll)
             await self.storage.notifier.wait(woke, wait)
 
     async def query_instances(self, query: OrchestrationQuery) -> OrchestrationQueryResult:
