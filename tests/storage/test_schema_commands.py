@@ -11,8 +11,8 @@ import pytest
 from duratask import DurableTaskClient
 from duratask.errors import ConnectionStringError, SchemaVersionError
 from duratask.storage.connect import database_target, migrate_database, open_database_storage
-from duratask.storage.sqlite import SqliteStorage
 from duratask.storage.postgres.migrations import load_migrations as load_postgres_migrations
+from duratask.storage.sqlite import SqliteStorage
 from duratask.storage.sqlite.migrations import load_migrations
 
 LATEST = len(load_migrations())
