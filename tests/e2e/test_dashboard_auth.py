@@ -7,10 +7,12 @@ The app runs on a real SQLite file through starlette's TestClient; the last test
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,23 @@ TOKEN = "s3cret-token"
 
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def wait_until_refused(url: str, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until the dashboard at ``url`` listens; it must refuse a request without the token."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            raise AssertionError("the dashboard answered a request without the token")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401
+            return
+        except OSError:  # not listening yet
+            assert alive(), "the dashboard process ended"
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -81,18 +100,7 @@ def test_serve_guards_its_dashboard_with_its_auth_token(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{dashboard_port}/api/instances"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                raise AssertionError("the dashboard answered a request without the token")
-            except urllib.error.HTTPError as refused:
-                assert refused.code == 401
-                break
-            except OSError:  # not listening yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until_refused(url)
         request = urllib.request.Request(url, headers=basic("me", TOKEN))
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 200
@@ -130,3 +138,22 @@ def test_a_browser_given_the_token_uses_the_guarded_dashboard(tmp_path: Path) ->
     finally:
         code, output = served.terminate()
     assert code == 0, output
+
+
+def test_the_dashboard_command_takes_a_token(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "duratask", "dashboard", "-c", f"sqlite:///{tmp_path / 'cli.db'}"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--auth-token", TOKEN, "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api/instances"
+    try:
+        wait_until_refused(url, alive=lambda: process.poll() is None)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
