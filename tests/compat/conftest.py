@@ -1,5 +1,5 @@
 """Fixtures of the compatibility suite: a real `duratask serve` on loopback (durable SQLite in
-tmp_path) and the official SDKs' clients and workers, in both flavours of the Python SDK:
+tmp_path, and PostgreSQL) and the official SDKs' clients and workers, in both flavours of the Python SDK:
 `durabletask` (TaskHubGrpcClient/Worker) and `durabletask-azuremanaged` (DurableTaskScheduler*,
 which sends the `taskhub` metadata as it does to the Durable Task Scheduler)."""
 
@@ -15,8 +15,10 @@ from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 
 from tests.compat.serverlib import ServerThread, quiet_logger
+from tests.pgserver import session_server
 
 FLAVOURS = ("durabletask", "azuremanaged")
+STORAGES = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="module", params=FLAVOURS)
@@ -24,11 +26,19 @@ def flavour(request: Any) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="module", params=STORAGES)
+def storage(request: Any, tmp_path_factory: Any, flavour: str) -> str:
+    """What `duratask serve` keeps its state in: a durable SQLite file, or a database of its own
+    on the tests' PostgreSQL server (started on first use)."""
+    if request.param == "postgresql":
+        return session_server().create_database()
+    return f"sqlite:///{tmp_path_factory.mktemp(f'serve-{flavour}') / 'serve.db'}"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: Any, flavour: str) -> Iterator[ServerThread]:
-    """One server per flavour and test module (tests use their own instance ids)."""
-    db = tmp_path_factory.mktemp(f"serve-{flavour}") / "serve.db"
-    running = ServerThread(storage=f"sqlite:///{db}", taskhubs=("default", "other"))
+def server(storage: str) -> Iterator[ServerThread]:
+    """One server per flavour, storage and test module (tests use their own instance ids)."""
+    running = ServerThread(storage=storage, taskhubs=("default", "other"))
     yield running
     running.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -498,7 +499,9 @@ def test_continue_as_new_and_custom_status(client: Any) -> None:
 
 
 def test_activity_retry_policy(client: Any, flavour: str) -> None:
-    state = completed(client, client.schedule_new_orchestration(retrying, input=f"retry-{flavour}"))
+    state = completed(
+        client, client.schedule_new_orchestration(retrying, input=f"retry-{flavour}-{uuid.uuid4().hex}")
+    )
     assert state.runtime_status == OrchestrationStatus.COMPLETED
     assert state.get_output() == "ok after 3"
 
