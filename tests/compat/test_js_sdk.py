@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.compat.serverlib import ServerThread
+from tests.pgserver import session_server
 
 JS_DIR = Path(__file__).parent / "js"
 SCENARIOS = ("chain", "fanOut", "event", "timer", "query")
@@ -30,15 +31,19 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def js_results(tmp_path_factory: Any) -> dict[str, dict[str, Any]]:
+@pytest.fixture(scope="module", params=("sqlite", "postgresql"))
+def js_results(request: Any, tmp_path_factory: Any) -> dict[str, dict[str, Any]]:
+    """The scenarios' outcomes against `duratask serve` on a SQLite file, then on PostgreSQL."""
     reason = _missing()
     if reason is not None:
         if os.environ.get("DURATASK_REQUIRE_JS") == "1" or os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    db = tmp_path_factory.mktemp("js") / "serve.db"
-    server = ServerThread(storage=f"sqlite:///{db}")
+    if request.param == "postgresql":
+        storage = session_server().create_database()
+    else:
+        storage = f"sqlite:///{tmp_path_factory.mktemp('js') / 'serve.db'}"
+    server = ServerThread(storage=storage)
     try:
         run = subprocess.run(
             ["node", str(JS_DIR / "scenarios.js"), server.address],
