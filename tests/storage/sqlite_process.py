@@ -14,7 +14,13 @@ import msgspec
 
 from duratask.history import ExecutionStarted
 from duratask.models import OrchestrationRuntimeStatus as Status
-from duratask.storage.base import InstanceFilter, InstanceRecord, NewInstance, OrchestrationCommit
+from duratask.storage.base import (
+    InstanceFilter,
+    InstanceRecord,
+    NewInstance,
+    OrchestrationCommit,
+    OrchestrationLease,
+)
 from duratask.storage.sqlite import SqliteStorage
 
 
@@ -28,18 +34,23 @@ async def lease_until_done(storage: SqliteStorage, out: list[str]) -> None:
                 return
             await asyncio.sleep(0.001)
             continue
-        commits = [
-            OrchestrationCommit(
-                token=lease.token,
-                instance=msgspec.structs.replace(lease.instance, status=Status.COMPLETED),
-                history_append=lease.new_events,
-            )
-            for lease in leases
-        ]
-        for lease, ok in zip(leases, await storage.commit_orchestrations(commits)):
-            if not ok:
-                raise AssertionError(f"lost the lease of {lease.instance.instance_id}")
-            out.append(lease.instance.instance_id)
+        await complete_leased(storage, leases, out)
+
+
+async def complete_leased(storage: SqliteStorage, leases: list[OrchestrationLease], out: list[str]) -> None:
+    """Complete the leased instances (each lease must still hold); ``out`` gets their ids."""
+    commits = [
+        OrchestrationCommit(
+            token=lease.token,
+            instance=msgspec.structs.replace(lease.instance, status=Status.COMPLETED),
+            history_append=lease.new_events,
+        )
+        for lease in leases
+    ]
+    for lease, ok in zip(leases, await storage.commit_orchestrations(commits), strict=True):
+        if not ok:
+            raise AssertionError(f"lost the lease of {lease.instance.instance_id}")
+        out.append(lease.instance.instance_id)
 
 
 async def create_forever(storage: SqliteStorage) -> None:
