@@ -29,12 +29,7 @@ from pathlib import Path
 import psycopg
 
 # The throw-away server launcher the tests use too.
-from tests.pgcluster import (
-    PostgresCluster,
-    PostgresUnavailable,  # noqa: F401  (the bench drivers take it from here)
-    create_database,
-    find_bin_dir,
-)
+from tests.pgcluster import PostgresCluster, create_database, find_bin_dir
 
 SUPERUSER = "bench"
 BIN_VARIABLE = "BENCH_PG_BIN"
@@ -72,7 +67,11 @@ class PostgresServer(PostgresCluster):
 
     def __init__(self, *, fsync: bool = True, extra_settings: dict[str, str] | None = None) -> None:
         self.fsync = fsync
-        settings = {**BASE_SETTINGS, **(DURABLE_SETTINGS if fsync else UNSAFE_SETTINGS), **(extra_settings or {})}
+        settings = {
+            **BASE_SETTINGS,
+            **(DURABLE_SETTINGS if fsync else UNSAFE_SETTINGS),
+            **(extra_settings or {}),
+        }
         super().__init__(
             superuser=SUPERUSER, settings=settings, bin_dir=find_bin_dir(BIN_VARIABLE), prefix="bench-pg-"
         )

@@ -21,6 +21,7 @@ import psycopg
 from bench import pg
 from bench.systems.postgres_duratask import worker_processes
 from duratask import DurableTaskClient
+from tests.pgcluster import create_database
 
 TOP_STATEMENTS = """
 SELECT calls, total_exec_time, mean_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g')
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "auto_explain.log_timing": "on",
         }
     with pg.running_server(fsync=args.fsync == "on", extra_settings=settings) as server:
-        url = pg.create_database(server.url(), "statements")
+        url = create_database(server.url(), "statements")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         asyncio.run(run(url, args.workers, args.n, server.postmaster_pid(), args.setup_sql))

@@ -37,6 +37,7 @@ from bench.scale.dataset import Spec, instances
 from bench.scale.load import load_postgres, load_sqlite
 from bench.scale.measure import PAGE_SIZE, Tally, measure_pages, measure_purges
 from duratask import DurableTaskClient
+from tests.pgcluster import create_database
 
 TASKHUB = "default"
 PAGE_TARGET_MS = 50.0
@@ -81,7 +82,7 @@ def postgres_target(url: str | None, fsync: bool) -> Iterator[tuple[str, dict[st
         if url is None:
             url = stack.enter_context(pg.running_server(fsync=fsync)).url()
         name = f"scale_{os.getpid()}"
-        database_url = pg.create_database(url, name)
+        database_url = create_database(url, name)
         stack.callback(pg.drop_database, url, name)
         yield database_url, pg.server_settings(database_url)
 

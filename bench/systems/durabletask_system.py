@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -20,8 +19,10 @@ from durabletask.client import AsyncTaskHubGrpcClient, OrchestrationStatus
 from durabletask.worker import TaskHubGrpcWorker
 
 from bench.driver import CITIES, Params, WorkloadError
+from bench.systems.grpc_path import end_child, free_port
 
 SIDECAR_START_TIMEOUT_S = 30.0
+CHILD_STOP_TIMEOUT_S = 10.0
 # The sidecar is a sync gRPC server with 10 threads; gRPC core keeps at most ~1000 requests pending
 # for it (grpc.server.max_pending_requests) and beyond that resets the connection ("GOAWAY ...
 # Cancelling all calls"), which 2,000 concurrent starts trigger. Keeping fewer starts in flight
@@ -49,18 +50,12 @@ def fan_out_sum(ctx: task.OrchestrationContext, n: int) -> Generator[task.Task[A
     return sum(values)
 
 
-def _quiet_logger(name: str) -> logging.Logger:
+def quiet_logger(name: str) -> logging.Logger:
+    """The SDK's logger at WARNING: its default INFO handler writes a line per work item."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.WARNING)
     logger.addHandler(logging.StreamHandler(sys.stderr))
     return logger
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class DurableTaskDriver:
@@ -97,7 +92,7 @@ class DurableTaskDriver:
 
 @asynccontextmanager
 async def _sidecar() -> AsyncIterator[str]:
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -113,25 +108,27 @@ async def _sidecar() -> AsyncIterator[str]:
             raise WorkloadError(f"durabletask sidecar did not start (said {line!r})")
         yield f"localhost:{port}"
     finally:
-        process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), 10.0)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await end_child(process, CHILD_STOP_TIMEOUT_S)
+
+
+def official_worker(address: str) -> TaskHubGrpcWorker:
+    """The official worker (default concurrency options) with the benchmark's orchestrations and
+    activities, not started."""
+    worker = TaskHubGrpcWorker(host_address=address, logger=quiet_logger("durabletask-worker"))
+    for orchestrator in (hello_cities, fan_out_sum):
+        worker.add_orchestrator(orchestrator)
+    for activity in (say_hello, echo_number):
+        worker.add_activity(activity)
+    return worker
 
 
 @asynccontextmanager
 async def open_driver(params: Params) -> AsyncIterator[DurableTaskDriver]:
     async with _sidecar() as address:
-        worker = TaskHubGrpcWorker(host_address=address, logger=_quiet_logger("durabletask-worker"))
-        for orchestrator in (hello_cities, fan_out_sum):
-            worker.add_orchestrator(orchestrator)
-        for activity in (say_hello, echo_number):
-            worker.add_activity(activity)
+        worker = official_worker(address)
         worker.start()
         try:
-            client = AsyncTaskHubGrpcClient(host_address=address, logger=_quiet_logger("durabletask-client"))
+            client = AsyncTaskHubGrpcClient(host_address=address, logger=quiet_logger("durabletask-client"))
             async with client:
                 yield DurableTaskDriver(client, params.timeout)
         finally:

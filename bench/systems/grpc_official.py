@@ -8,33 +8,22 @@ The orchestrations, the activities and the driver are those of the durabletask s
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from durabletask.client import AsyncTaskHubGrpcClient
-from durabletask.worker import TaskHubGrpcWorker
 
 from bench.driver import Metered, Params, WorkloadError
 from bench.systems.durabletask_system import (
+    CHILD_STOP_TIMEOUT_S,
     DurableTaskDriver,
-    echo_number,
-    fan_out_sum,
-    hello_cities,
-    say_hello,
+    official_worker,
+    quiet_logger,
 )
-from bench.systems.grpc_path import CpuMeter, free_port, server_process
+from bench.systems.grpc_path import CpuMeter, end_child, free_port, server_process
 
 WORKER_START_TIMEOUT_S = 60.0
-
-
-def _quiet_logger(name: str) -> logging.Logger:
-    # The SDK's default INFO handler writes a line per work item.
-    logger = logging.getLogger(name)
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(logging.StreamHandler(sys.stderr))
-    return logger
 
 
 class OfficialSdkDriver(Metered, DurableTaskDriver):
@@ -66,11 +55,7 @@ async def open_official_driver(
                 yield driver
             return
         meter = CpuMeter(server)
-        worker = TaskHubGrpcWorker(host_address=server.address, logger=_quiet_logger("durabletask-worker"))
-        for orchestrator in (hello_cities, fan_out_sum):
-            worker.add_orchestrator(orchestrator)
-        for activity in (say_hello, echo_number):
-            worker.add_activity(activity)
+        worker = official_worker(server.address)
         worker.start()
         try:
             async with _client_driver(params, meter) as driver:
@@ -83,7 +68,7 @@ async def open_official_driver(
 @asynccontextmanager
 async def _client_driver(params: Params, meter: CpuMeter) -> AsyncIterator[OfficialSdkDriver]:
     client = AsyncTaskHubGrpcClient(
-        host_address=meter.server.address, logger=_quiet_logger("durabletask-client")
+        host_address=meter.server.address, logger=quiet_logger("durabletask-client")
     )
     async with client:
         yield OfficialSdkDriver(client, params.timeout, meter)
@@ -107,10 +92,4 @@ async def _worker_process(address: str) -> AsyncIterator[int]:
             raise WorkloadError(f"the worker process did not start (exit code {process.returncode})")
         yield process.pid
     finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), 10.0)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await end_child(process, CHILD_STOP_TIMEOUT_S)

@@ -10,18 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
-from durabletask.worker import TaskHubGrpcWorker
-
-from bench.systems.durabletask_system import echo_number, fan_out_sum, hello_cities, say_hello
-from bench.systems.grpc_official import _quiet_logger
+from bench.systems.durabletask_system import official_worker
 
 
 def main(address: str) -> None:
-    worker = TaskHubGrpcWorker(host_address=address, logger=_quiet_logger("durabletask-worker"))
-    for orchestrator in (hello_cities, fan_out_sum):
-        worker.add_orchestrator(orchestrator)
-    for activity in (say_hello, echo_number):
-        worker.add_activity(activity)
+    worker = official_worker(address)
     worker.start()
     print("READY", flush=True)
     sys.stdin.read()

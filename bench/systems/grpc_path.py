@@ -33,7 +33,6 @@ def free_port() -> int:
         return port
 
 
-
 @dataclass
 class ServerProcess:
     """A running server subprocess: where to dial it and how much CPU it has used."""
@@ -123,13 +122,21 @@ async def server_process(command: Sequence[str], port: int) -> AsyncIterator[Ser
         await _wait_listening(process, port)
         yield ServerProcess(f"127.0.0.1:{port}", process.pid)
     finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), SERVER_STOP_TIMEOUT_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await end_child(process, SERVER_STOP_TIMEOUT_S, terminate=True)
+
+
+async def end_child(process: asyncio.subprocess.Process, grace: float, *, terminate: bool = False) -> None:
+    """Ask a child process to end (SIGTERM with ``terminate``, else the end of its standard input,
+    which the benchmark's helper processes wait for), give it ``grace`` seconds, then SIGKILL it."""
+    if terminate and process.returncode is None:
+        process.terminate()
+    elif process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 def duratask_serve_command(workdir: Path, port: int) -> list[str]:

@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from dbos import DBOS, DBOSConfig
 
 from bench.driver import Metered, Params, SystemUnavailable
-from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
+from bench.pg import CpuMeter, Database, fresh_database
 from bench.systems.dbos_system import DbosDriver
+from tests.pgcluster import PostgresUnavailable
 
 
 class PostgresDbosDriver(Metered, DbosDriver):

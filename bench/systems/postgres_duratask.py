@@ -18,8 +18,10 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from bench.driver import Metered, Params, SystemUnavailable, WorkloadError
-from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
+from bench.pg import CpuMeter, Database, fresh_database
 from bench.systems.duratask_system import DurataskDriver
+from bench.systems.grpc_path import end_child
+from tests.pgcluster import PostgresUnavailable
 
 if TYPE_CHECKING:
     from duratask import DurableTaskClient
@@ -57,16 +59,6 @@ async def _wait_ready(process: asyncio.subprocess.Process) -> None:
         )
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.stdin is not None and not process.stdin.is_closing():
-        process.stdin.close()  # the worker stops cleanly at end of input
-    try:
-        await asyncio.wait_for(process.wait(), WORKER_STOP_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-
-
 @asynccontextmanager
 async def worker_processes(url: str, count: int) -> AsyncIterator[list[int]]:
     """`count` worker processes on `url`, all running; yields their pids. Their logs go to our stderr."""
@@ -82,7 +74,7 @@ async def worker_processes(url: str, count: int) -> AsyncIterator[list[int]]:
         await asyncio.gather(*(_wait_ready(process) for process in processes))
         yield [process.pid for process in processes]
     finally:
-        await asyncio.gather(*(_stop(process) for process in processes))
+        await asyncio.gather(*(end_child(process, WORKER_STOP_TIMEOUT_S) for process in processes))
 
 
 @asynccontextmanager

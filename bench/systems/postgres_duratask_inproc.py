@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from bench.driver import Metered, Params, SystemUnavailable
-from bench.pg import CpuMeter, Database, PostgresUnavailable, fresh_database
+from bench.pg import CpuMeter, Database, fresh_database
 from bench.systems.duratask_system import DurataskDriver, _build_worker
+from tests.pgcluster import PostgresUnavailable
 
 if TYPE_CHECKING:
     from duratask import DurableTaskClient
