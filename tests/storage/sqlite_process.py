@@ -20,6 +20,7 @@ from duratask.storage.base import (
     NewInstance,
     OrchestrationCommit,
     OrchestrationLease,
+    Storage,
 )
 from duratask.storage.sqlite import SqliteStorage
 
@@ -37,8 +38,9 @@ async def lease_until_done(storage: SqliteStorage, out: list[str]) -> None:
         await complete_leased(storage, leases, out)
 
 
-async def complete_leased(storage: SqliteStorage, leases: list[OrchestrationLease], out: list[str]) -> None:
-    """Complete the leased instances (each lease must still hold); ``out`` gets their ids."""
+async def complete_leased(storage: Storage, leases: list[OrchestrationLease], out: list[str]) -> None:
+    """Complete the leased instances (each lease must still hold); ``out`` gets their ids. Any
+    storage: the PostgreSQL concurrency test completes its leases with it too."""
     commits = [
         OrchestrationCommit(
             token=lease.token,

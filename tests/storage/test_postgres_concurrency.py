@@ -15,6 +15,7 @@ from duratask.storage.postgres import PostgresStorage, open_postgres_storage
 from tests.pgserver import unique_name
 
 from .builders import LONG, activity, completion, create, message, raised
+from .sqlite_process import complete_leased
 
 PROCESSES = 4
 TASKS_PER_PROCESS = 4
@@ -31,17 +32,7 @@ async def _lease_until_done(storage: PostgresStorage, out: list[str]) -> None:
                 return
             await asyncio.sleep(0.005)
             continue
-        commits = [
-            OrchestrationCommit(
-                token=lease.token,
-                instance=msgspec.structs.replace(lease.instance, status=Status.COMPLETED),
-                history_append=lease.new_events,
-            )
-            for lease in leases
-        ]
-        for lease, ok in zip(leases, await storage.commit_orchestrations(commits)):
-            assert ok, f"lost the lease of {lease.instance.instance_id}"
-            out.append(lease.instance.instance_id)
+        await complete_leased(storage, leases, out)
 
 
 async def _leaser_process(url: str, hub: str) -> list[str]:
@@ -100,7 +91,9 @@ async def test_many_leasers_in_one_process_never_share_an_instance(pg_url: str) 
             while leases := await storage.lease_orchestrations(1, LONG):
                 (lease,) = leases
                 done = msgspec.structs.replace(lease.instance, status=Status.COMPLETED)
-                commit = OrchestrationCommit(token=lease.token, instance=done, history_append=lease.new_events)
+                commit = OrchestrationCommit(
+                    token=lease.token, instance=done, history_append=lease.new_events
+                )
                 assert await storage.commit_orchestrations([commit]) == [True]
                 out.append(lease.instance.instance_id)
 
