@@ -160,11 +160,7 @@ class SqliteRunner:
         if os.getpid() != self._pid:
             # A forked child inherits this object but not its thread: fail instead of waiting forever.
             raise RuntimeError("this SQLite storage was opened in the parent process; open a new one here")
-        if (
-            quick
-            and self._queue.empty()
-            and self._conn_lock.acquire(False)
-        ):
+        if quick and self._queue.empty() and self._conn_lock.acquire(False):
             try:
                 ran, result = self._run_inline(fn, write, sync)
             finally:

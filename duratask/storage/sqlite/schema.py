@@ -63,8 +63,7 @@ def migrate_file(path: str) -> tuple[int, int, int]:
     """
     migrations = load_migrations()
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.OperationalError as exc:
         raise sqlite3.OperationalError(f"cannot open the SQLite database {path!r}: {exc}") from exc
     try:

@@ -141,7 +141,6 @@ class SqliteStorage:
         except sqlite3.OperationalError as exc:
             raise sqlite3.OperationalError(f"cannot open the SQLite database {self.path!r}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
             # Let checkpoints shrink the log file back instead of keeping its largest size forever.
