@@ -624,8 +624,11 @@ class LocalBackend:
             for token, lease in list(self._orchestration_leases.items()):
                 if not await self.storage.renew_orchestration_lease(lease.instance.instance_id, token, seconds):
                     self._orchestration_leases.pop(token, None)  # its commit is fenced out anyway
-            for lease in list(self._prefetched_orchestrations):
-                await self.storage.renew_orchestration_lease(lease.instance.instance_id, lease.token, seconds)
+            prefetched = self._prefetched_orchestrations
+            for lease in list(prefetched):
+                held = await self.storage.renew_orchestration_lease(lease.instance.instance_id, lease.token, seconds)
+                if not held and lease in prefetched:
+                    prefetched.remove(lease)  # another worker has it now: do not run it here too
 
     # --- restart and rewind (used by the gRPC server's RestartInstance / RewindInstance) ----------
 

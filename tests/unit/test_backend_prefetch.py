@@ -5,6 +5,8 @@ backend first, woken without a storage lease, and handed back by ``release_prefe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,3 +107,28 @@ async def test_an_episode_held_past_lease_seconds_keeps_its_lease(tmp_path: Path
     finally:
         for backend in backends:
             await backend.close()
+
+
+async def test_a_prefetched_episode_whose_lease_was_lost_is_not_handed_out(tmp_path: Path) -> None:
+    """Renewing what it prefetched, the backend finds a lease gone (another worker took the instance
+    while this process was paused past its lease): it drops the episode rather than run it too."""
+    path = tmp_path / "lost.db"
+    storage = SqliteStorage(str(path))
+    await storage.open()
+    mine = LocalBackend(storage, BackendOptions(lease_seconds=0.3))
+    try:
+        await _first_episode_scheduling(mine, "a", room=0)
+        (activity,) = await mine.lease_activities(10)
+        done = h.TaskCompleted(timestamp=utcnow(), task_scheduled_id=activity.task_id, result='"A"')
+        assert await mine.complete_activities([(activity, done)], lease_orchestrations=5) == [True]
+        # Another worker holds the instance now, for a long while (the file is the real one).
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(
+                "UPDATE instances SET lease_token = 'theirs', lease_expires = lease_expires + 60000000"
+            )
+
+        await asyncio.sleep(0.4)  # more than one renewal round (every lease_seconds / 3)
+
+        assert await mine.lease_orchestrations(10) == []
+    finally:
+        await mine.close()
